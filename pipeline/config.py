@@ -1,0 +1,101 @@
+"""Config loading and validation: the JSON schema in workflow/schemas/ plus the cross-key
+checks a schema cannot express. Called by the Snakefile when the DAG is built, so a wrong
+key, type or value stops the run with a message naming the key before any job starts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from jsonschema import Draft202012Validator
+
+REPO = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
+SFT_SPLITS = ("train", "val", "test", "ood")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def validate_config(cfg: dict, source: str = "config") -> dict:
+    """Raise ConfigError listing every problem as `<source>: config key a.b.c: message`."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    errors = sorted(Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    problems = []
+    for e in errors:
+        if e.validator == "additionalProperties":
+            extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
+            for k in extra:
+                problems.append(f"config key {_key([*e.absolute_path, k])}: unknown key")
+        else:
+            problems.append(f"config key {_key(e.absolute_path)}: {e.message}")
+    if not problems:
+        problems = semantic_problems(cfg)
+    if problems:
+        raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(problems))
+    return cfg
+
+
+def policy_names(cfg: dict) -> set[str]:
+    """Policies a rule may name: the SFT tiers on the testbed, plus any given as dir/hub id."""
+    names = set(cfg.get("policies", {}))
+    if cfg["task"]["name"] == "arith":
+        names |= set(cfg["sft"]["tiers"])
+    return names
+
+
+def data_splits(cfg: dict) -> list[str]:
+    if cfg["task"]["name"] == "arith":
+        return list(SFT_SPLITS)
+    return list(cfg["task"].get("sources", {}))
+
+
+def semantic_problems(cfg: dict) -> list[str]:
+    problems = []
+    task = cfg["task"]
+    if task["name"] == "arith":
+        if "arith" not in task:
+            problems.append("config key task.arith: required when task.name is 'arith'")
+        else:
+            a = task["arith"]
+            for k in ("chain_len", "ood_chain_len"):
+                if a[k][0] > a[k][1]:
+                    problems.append(f"config key task.arith.{k}: range {a[k]} is empty (min > max)")
+    elif not task.get("sources"):
+        problems.append("config key task.sources: real-data tasks need at least one split source")
+    names = policy_names(cfg)
+    for key, value in (("rl.base_policy", cfg["rl"]["base_policy"]), ("rollouts.policy", cfg["rollouts"]["policy"])):
+        if value not in names:
+            problems.append(f"config key {key}: unknown policy {value!r} (known: {sorted(names)})")
+    splits = data_splits(cfg)
+    for s in cfg["eval"]["splits"]:
+        if s not in splits:
+            problems.append(f"config key eval.splits: split {s!r} is not produced by data prep ({splits})")
+    if cfg["rollouts"]["split"] not in splits:
+        problems.append(f"config key rollouts.split: split {cfg['rollouts']['split']!r} not in {splits}")
+    for need in ("train", "val"):
+        if need not in splits:
+            problems.append(f"config key task.sources: RL needs a {need!r} split")
+    return problems
+
+
+def merge_configs(base: dict, overlay: dict) -> dict:
+    """Recursive dict merge, as Snakemake merges --configfile over the default configfile."""
+    out = dict(base)
+    for k, v in overlay.items():
+        out[k] = merge_configs(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_preset(*overlays: str | Path) -> dict:
+    """config/tiny.yaml with preset files merged over it, validated: exactly what the DAG sees
+    for `snakemake --configfile <overlays...>`."""
+    cfg = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
+    for path in overlays:
+        cfg = merge_configs(cfg, yaml.safe_load(Path(path).read_text()) or {})
+    return validate_config(cfg, source=" + ".join(["config/tiny.yaml", *map(str, overlays)]))

@@ -1,0 +1,78 @@
+"""Stage: benchmark evaluation of one policy on each eval split: mean pass@1 over k samples
+(at the configured temperature) and greedy accuracy. `evaluate_policy` is also what SFT
+uses to pick its tiers and RL uses for validation curves, so every number in the project's
+tables is measured the same way.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+from .modeling import load_policy
+from .sampler import make_sampler
+from .task import format_prompt, judge
+from .utils import parse_cfg, read_json, read_jsonl, set_threads, setup_logging, stage_parser, write_json
+
+log = logging.getLogger("pipeline.evaluate")
+
+
+def evaluate_policy(sampler, records: list[dict], task_cfg: dict, *, k: int, temperature: float,
+                    max_new_tokens: int, seed: int, greedy: bool = False) -> dict:
+    """Mean pass@1 over k sampled responses per prompt (and greedy accuracy if asked), plus
+    the histogram of the first wrong step (testbed) so error positions can be inspected."""
+    prompts = [format_prompt(r, task_cfg) for r in records]
+    result: dict = {"n_prompts": len(records), "k": k, "temperature": temperature}
+    gens = sampler.generate(prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                            desc="eval")
+    correct, first_errors, wrong_process_right_answer = 0, Counter(), 0
+    for r, gs in zip(records, gens):
+        for g in gs:
+            j = judge(r, g.text, task_cfg)
+            correct += j["outcome"]
+            if j.get("first_error") is not None:
+                first_errors[j["first_error"]] += 1
+                wrong_process_right_answer += j["outcome"]
+    result["pass1"] = correct / max(1, len(records) * k)
+    result["first_error_hist"] = {str(h): c for h, c in sorted(first_errors.items())}
+    result["right_answer_wrong_process"] = wrong_process_right_answer
+    if greedy:
+        ggens = sampler.generate(prompts, n=1, greedy=True, max_new_tokens=max_new_tokens, seed=seed, desc="greedy")
+        result["greedy"] = sum(judge(r, gs[0].text, task_cfg)["outcome"] for r, gs in zip(records, ggens)) / max(1, len(records))
+    return result
+
+
+def main(argv=None) -> None:
+    p = stage_parser(__doc__)
+    p.add_argument("--policy", required=True, help="model directory or hub id")
+    p.add_argument("--data", required=True, help="directory with <split>.jsonl")
+    p.add_argument("--out", required=True, help="output JSON")
+    args = p.parse_args(argv)
+    setup_logging(args.log)
+    cfg = parse_cfg(args.cfg)
+    set_threads(args.threads)
+    ev, task_cfg, samp = cfg["eval"], cfg["task"], cfg["sampling"]
+    t0 = time.time()
+    if samp.get("backend", "hf") == "hf":
+        model, tokenizer = load_policy(args.policy)
+        sampler = make_sampler(samp, model=model, tokenizer=tokenizer)
+    else:
+        sampler = make_sampler(samp, model_path=args.policy)
+    out = {"policy": args.policy, "splits": {}}
+    for i, split in enumerate(ev["splits"]):
+        records = read_jsonl(Path(args.data) / f"{split}.jsonl")
+        res = evaluate_policy(sampler, records, task_cfg, k=int(ev["k"]), temperature=float(ev["temperature"]),
+                              max_new_tokens=int(samp["max_new_tokens"]), seed=int(cfg["seed"]) + 1000 * i,
+                              greedy=bool(ev.get("greedy", True)))
+        out["splits"][split] = res
+        log.info("%s: pass@1 %.3f greedy %s", split, res["pass1"], res.get("greedy"))
+    meta_path = Path(args.policy) / "policy_meta.json"
+    out["policy_meta"] = read_json(meta_path) if meta_path.exists() else {}
+    out["eval_compute"] = sampler.compute.to_dict()
+    out["wall_s"] = time.time() - t0
+    write_json(args.out, out)
+
+
+if __name__ == "__main__":
+    main()

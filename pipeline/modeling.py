@@ -1,0 +1,71 @@
+"""Tokenizer and model construction/loading. Every stage loads policies with
+`load_policy`, i.e. `AutoTokenizer` / `AutoModelForCausalLM` from a directory or hub id,
+exactly as it would a hub model; the testbed's tiny Llama is saved with `save_pretrained`
+so it goes through the same path.
+"""
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, decoders, models
+from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast)
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII and newline.
+
+    Built as a BPE model with no merges (so every character is one token) and a Fuse
+    decoder (so decoding concatenates characters back without spaces)."""
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>",
+                                  eos_token="</s>", unk_token="<unk>")
+    tok.padding_side = "left"  # decoder-only generation pads on the left
+    return tok
+
+
+def build_tiny_llama(tokenizer, model_cfg: dict, seed: int) -> LlamaForCausalLM:
+    """A small Llama-architecture model from a config, randomly initialised with `seed`."""
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=int(model_cfg["hidden_size"]),
+        intermediate_size=int(model_cfg["intermediate_size"]),
+        num_hidden_layers=int(model_cfg["num_layers"]),
+        num_attention_heads=int(model_cfg["num_heads"]),
+        num_key_value_heads=int(model_cfg.get("num_kv_heads", model_cfg["num_heads"])),
+        max_position_embeddings=int(model_cfg["max_position_embeddings"]),
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=bool(model_cfg.get("tie_word_embeddings", True)),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    """(model, tokenizer) from a local directory or hub id. `trust_remote_code` stays off
+    unless a preset turns it on explicitly."""
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype),
+                                                 trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def save_policy(model, tokenizer, out_dir, extra_files: dict[str, str] | None = None) -> None:
+    """Save model + tokenizer atomically (a killed job leaves no half-written model dir)."""
+    from .utils import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)

@@ -1,0 +1,185 @@
+"""Stage: online RL of a policy with outcome rewards (RLOO or GRPO), PPO-style clipping and
+an optional KL penalty to the initial policy.
+
+Each iteration: draw `prompts_per_iter` training prompts, sample `samples_per_prompt`
+responses from the current policy through the sampler interface, grade them, compute
+group advantages, and take PPO minibatch steps through DeepSpeed. Metrics go to a JSONL
+log per iteration (with validation pass@1 every `eval_every` iterations); checkpoints
+every `checkpoint_every` iterations make a killed job resume where it left off.
+
+The dense-reward methods (PRIME, PAV-RL, VinePPO, JEPO) plug into `compute_advantages`:
+they change how per-token advantages are formed, not the loop.
+"""
+from __future__ import annotations
+
+import logging
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .advantages import OUTCOME_ADVANTAGES, kl_k3, masked_mean, ppo_clip_loss
+from .engine import build_engine, config_hash, load_checkpoint, save_checkpoint
+from .evaluate import evaluate_policy
+from .flops import Compute, count_params
+from .modeling import load_policy, save_policy
+from .sampler import HFSampler
+from .scoring import collate, join_responses, split_responses, token_logprobs
+from .task import format_prompt, judge
+from .utils import (check_finite, parse_cfg, read_json, read_jsonl, seed_everything, set_threads, setup_logging,
+                    stage_parser, write_json, write_jsonl)
+
+log = logging.getLogger("pipeline.rl")
+
+
+def compute_advantages(algo: str, rewards: torch.Tensor) -> torch.Tensor:
+    """[P, K] outcome rewards -> [P, K] sequence advantages (every token of a response gets its
+    sequence's advantage)."""
+    if algo not in OUTCOME_ADVANTAGES:
+        raise ValueError(f"rl algo must be one of {sorted(OUTCOME_ADVANTAGES)}, got {algo!r}")
+    return OUTCOME_ADVANTAGES[algo](rewards)
+
+
+@torch.no_grad()
+def response_logprobs(model, prompt_ids, response_ids, pad_id, mb: int) -> list[torch.Tensor]:
+    """log pi(y_t | x, y_<t) over each response's tokens, one 1-D tensor per sample."""
+    out: list[torch.Tensor] = []
+    for s in range(0, len(prompt_ids), mb):
+        batch = collate(prompt_ids[s:s + mb], response_ids[s:s + mb], pad_id)
+        out.extend(v.cpu() for v in split_responses(token_logprobs(model, batch), batch))
+    return out
+
+
+def main(argv=None) -> None:
+    p = stage_parser(__doc__)
+    p.add_argument("--algo", required=True)
+    p.add_argument("--policy", required=True, help="initial policy (model dir or hub id)")
+    p.add_argument("--data", required=True, help="directory with train.jsonl and val.jsonl")
+    p.add_argument("--out", required=True, help="output directory: policy/ and metrics.jsonl")
+    p.add_argument("--ckpt", required=True, help="resume checkpoint directory")
+    args = p.parse_args(argv)
+    setup_logging(args.log)
+    cfg = parse_cfg(args.cfg)
+    set_threads(args.threads)
+    rl, task_cfg, samp = cfg["rl"], cfg["task"], cfg["sampling"]
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    algo = args.algo
+    compute_advantages(algo, torch.zeros(1, 2))  # fail fast on an unknown algorithm
+
+    model, tokenizer = load_policy(args.policy)
+    n_params = count_params(model)
+    ref_model = None
+    if float(rl["kl_coef"]) > 0:
+        ref_model, _ = load_policy(args.policy)
+        ref_model.eval().requires_grad_(False)
+    train = read_jsonl(Path(args.data) / "train.jsonl")
+    val = read_jsonl(Path(args.data) / "val.jsonl")[: int(rl["eval_prompts"])]
+    P, K, iters = int(rl["prompts_per_iter"]), int(rl["samples_per_prompt"]), int(rl["iterations"])
+    mb, epochs = int(rl["minibatch_size"]), int(rl["ppo_epochs"])
+    steps_per_iter = epochs * -(-P * K // mb)
+    engine = build_engine(model, rl, total_steps=iters * steps_per_iter, micro_batch_size=mb)
+    sampler = HFSampler(engine.module, tokenizer, batch_size=samp["batch_size"], progress=False)
+
+    ckpt, chash = Path(args.ckpt), config_hash({**cfg, "algo": algo, "policy": args.policy})
+    state = load_checkpoint(engine, ckpt, chash) or {"iteration": 0, "metrics": [], "compute": Compute().to_dict(),
+                                                      "wall_s": 0.0}
+    compute = Compute.from_dict(state["compute"])
+    t_start = time.time() - state["wall_s"]
+    pad = tokenizer.pad_token_id
+
+    def validate(it: int) -> float:
+        vs = HFSampler(engine.module, tokenizer, batch_size=samp["batch_size"], progress=False)
+        res = evaluate_policy(vs, val, task_cfg, k=1, temperature=float(rl["temperature"]),
+                              max_new_tokens=int(samp["max_new_tokens"]), seed=seed + 7 * it)
+        return res["pass1"]  # validation compute is not training compute: not added
+
+    if state["iteration"] == 0 and not state["metrics"]:
+        state["metrics"].append({"iteration": 0, "val_pass1": validate(0), "samples": 0, "flops": 0.0,
+                                 "wall_s": 0.0})
+    for it in range(state["iteration"], iters):
+        t_it = time.time()
+        rng = random.Random(seed * 1_000_003 + it)  # prompts are a function of the iteration
+        records = [train[i] for i in rng.sample(range(len(train)), P)]
+        before = Compute.from_dict(sampler.compute.to_dict())
+        gens = sampler.generate([format_prompt(r, task_cfg) for r in records], n=K,
+                                temperature=float(rl["temperature"]), max_new_tokens=int(samp["max_new_tokens"]),
+                                seed=seed * 7_919 + it)
+        sampled = Compute(**{k: v - getattr(before, k) for k, v in sampler.compute.to_dict().items() if k != "extra"})
+        compute = compute.merge(sampled)
+        rewards = torch.tensor([[float(judge(r, g.text, task_cfg)["outcome"]) for g in gs]
+                                for r, gs in zip(records, gens)])
+        adv = compute_advantages(algo, rewards).flatten()
+        prompt_ids = [tokenizer(format_prompt(r, task_cfg), add_special_tokens=False)["input_ids"]
+                      for r in records for _ in range(K)]
+        response_ids = [g.token_ids for gs in gens for g in gs]
+        n_tokens = sum(len(a) + len(b) for a, b in zip(prompt_ids, response_ids))
+
+        # per-token advantages, one vector per response: outcome methods broadcast the
+        # sequence advantage; dense-reward methods will fill these per step/token.
+        adv_tok = [torch.full((len(r),), float(a)) for r, a in zip(response_ids, adv)]
+
+        engine.eval()
+        old_logp = response_logprobs(engine.module, prompt_ids, response_ids, pad, mb)
+        ref_logp = response_logprobs(ref_model, prompt_ids, response_ids, pad, mb) if ref_model else None
+        compute.add_scoring(n_params, n_tokens * (2 if ref_model else 1))
+
+        engine.train()
+        order = list(range(len(prompt_ids)))
+        losses, clip_fracs, kls = [], [], []
+        for epoch in range(epochs):
+            if epoch > 0:
+                rng.shuffle(order)
+            for s in range(0, len(order), mb):
+                idx = order[s:s + mb]
+                batch = collate([prompt_ids[i] for i in idx], [response_ids[i] for i in idx], pad)
+                logp = token_logprobs(engine, batch)
+                mask = batch["response_mask"].to(logp.device)
+                old = join_responses([old_logp[i] for i in idx], batch).to(logp.device)
+                a_t = join_responses([adv_tok[i] for i in idx], batch).to(logp.device)
+                loss, stats = ppo_clip_loss(logp, old, a_t, mask, float(rl["clip_eps"]))
+                if ref_logp is not None:
+                    ref = join_responses([ref_logp[i] for i in idx], batch).to(logp.device)
+                    kl = masked_mean(kl_k3(logp, ref), mask)
+                    loss = loss + float(rl["kl_coef"]) * kl
+                    kls.append(kl.item())
+                check_finite(loss.item(), f"{algo} loss", it)
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
+                clip_fracs.append(stats["clip_frac"])
+        compute.add_training(n_params, n_tokens * epochs)
+
+        row = {"iteration": it + 1, "reward_mean": rewards.mean().item(),
+               "solved_all_frac": (rewards.min(1).values == 1).float().mean().item(),
+               "solved_none_frac": (rewards.max(1).values == 0).float().mean().item(),
+               "loss": sum(losses) / len(losses), "clip_frac": sum(clip_fracs) / len(clip_fracs),
+               "kl": sum(kls) / len(kls) if kls else None,
+               "response_len": sum(len(r) for r in response_ids) / len(response_ids),
+               "samples": compute.samples, "flops": compute.flops, "iter_s": time.time() - t_it}
+        if (it + 1) % int(rl["eval_every"]) == 0 or it + 1 == iters:
+            row["val_pass1"] = validate(it + 1)
+        row["wall_s"] = time.time() - t_start
+        state["metrics"].append(row)
+        log.info("it %d reward %.3f loss %.4f val %s", it + 1, row["reward_mean"], row["loss"], row.get("val_pass1"))
+        if (it + 1) % int(rl["checkpoint_every"]) == 0 and it + 1 < iters:
+            state.update(iteration=it + 1, compute=compute.to_dict(), wall_s=row["wall_s"])
+            save_checkpoint(engine, ckpt, it + 1, chash, state)
+
+    out = Path(args.out)
+    base_meta_path = Path(args.policy) / "policy_meta.json"
+    base_meta = read_json(base_meta_path) if base_meta_path.exists() else {}
+    meta = {"algo": algo, "init_policy": args.policy, "iterations": iters, "rl_compute": compute.to_dict(),
+            "rl_samples": compute.samples, "rl_flops": compute.flops, "init_policy_meta": base_meta,
+            "n_params": n_params, "wall_s": time.time() - t_start}
+    save_policy(engine.module, tokenizer, out / "policy", extra_files={"policy_meta.json": json.dumps(meta, indent=2)})
+    write_jsonl(out / "metrics.jsonl", state["metrics"])
+    write_json(out / "summary.json", meta)
+    shutil.rmtree(ckpt, ignore_errors=True)  # finished: the resume state is no longer needed
+
+
+if __name__ == "__main__":
+    main()

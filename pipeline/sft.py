@@ -1,0 +1,127 @@
+"""Stage: supervised fine-tuning of the testbed policy, from scratch, into three generators
+of different strength (the papers' weak / medium / strong generators).
+
+One run trains a tiny Llama on reference solutions. Every `eval_every` steps it measures
+sampled pass@1 on validation prompts; the first checkpoint whose pass@1 reaches a tier's
+threshold becomes that tier (so the tiers land in their target bands whatever the speed of
+the machine). Tiers not reached by `max_steps` are filled from the final model, with a
+warning. Checkpoints every evaluation make the stage resumable after a kill.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+
+from .engine import build_engine, config_hash, load_checkpoint, save_checkpoint
+from .flops import Compute, count_params
+from .modeling import build_char_tokenizer, build_tiny_llama, load_policy, save_policy
+from .sampler import HFSampler
+from .scoring import collate, token_logprobs
+from .evaluate import evaluate_policy
+from .task import format_prompt
+from .utils import (atomic_dir, check_finite, parse_cfg, read_jsonl, seed_everything, set_threads, setup_logging,
+                    stage_parser, write_json)
+
+log = logging.getLogger("pipeline.sft")
+
+
+def encode_examples(records: list[dict], tokenizer, task_cfg: dict) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, solution ids + EOS) per record; the loss covers the solution only."""
+    out = []
+    for r in records:
+        p = tokenizer(format_prompt(r, task_cfg), add_special_tokens=False)["input_ids"]
+        y = tokenizer(r["solution"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append((p, y))
+    return out
+
+
+def sft_loss(model, examples, pad_id: int):
+    batch = collate([p for p, _ in examples], [y for _, y in examples], pad_id)
+    logp = token_logprobs(model, batch)
+    mask = batch["response_mask"].to(logp.device)
+    return -(logp * mask).sum() / mask.sum(), int(mask.sum())
+
+
+def main(argv=None) -> None:
+    p = stage_parser(__doc__)
+    p.add_argument("--train", required=True)
+    p.add_argument("--val", required=True)
+    p.add_argument("--out", required=True, help="directory that receives one model dir per tier")
+    p.add_argument("--ckpt", required=True, help="resume checkpoint directory")
+    args = p.parse_args(argv)
+    setup_logging(args.log)
+    cfg = parse_cfg(args.cfg)
+    set_threads(args.threads)
+    sft, task_cfg, seed = cfg["sft"], cfg["task"], int(cfg["seed"])
+    seed_everything(seed)
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_llama(tokenizer, cfg["model"], seed)
+    n_params = count_params(model)
+    log.info("tiny llama: %d parameters", n_params)
+    train = encode_examples(read_jsonl(args.train), tokenizer, task_cfg)
+    val_records = read_jsonl(args.val)[: int(sft["eval_prompts"])]
+    tiers = sorted(sft["tiers"].items(), key=lambda kv: kv[1])  # [(name, threshold)] weakest first
+    max_steps, bs = int(sft["max_steps"]), int(sft["batch_size"])
+    engine = build_engine(model, sft, total_steps=max_steps, micro_batch_size=bs)
+
+    ckpt = Path(args.ckpt)
+    chash = config_hash(cfg)
+    state = load_checkpoint(engine, ckpt, chash) or {"step": 0, "curve": [], "tiers": {}, "compute": Compute().to_dict()}
+    compute = Compute.from_dict(state["compute"])
+    step = state["step"]
+    t0 = time.time()
+    while step < max_steps and len(state["tiers"]) < len(tiers):
+        engine.train()
+        rng = random.Random(seed * 1_000_003 + step)  # batch is a function of the step: resume-exact
+        batch = [train[i] for i in rng.sample(range(len(train)), bs)]
+        loss, n_tok = sft_loss(engine, batch, tokenizer.pad_token_id)
+        check_finite(loss.item(), "SFT loss", step)
+        engine.backward(loss)
+        engine.step()
+        compute.add_training(n_params, sum(len(p) + len(y) for p, y in batch))
+        step += 1
+        if step % int(sft["eval_every"]) == 0 or step == max_steps:
+            sampler = HFSampler(engine.module, tokenizer, batch_size=cfg["sampling"]["batch_size"], progress=False)
+            ev = evaluate_policy(sampler, val_records, task_cfg, k=1, temperature=float(sft["eval_temperature"]),
+                                 max_new_tokens=int(cfg["sampling"]["max_new_tokens"]), seed=seed + step)
+            compute = compute.merge(sampler.compute)
+            state["curve"].append({"step": step, "loss": loss.item(), "val_pass1": ev["pass1"]})
+            log.info("step %d loss %.4f val pass@1 %.3f (%.0fs)", step, loss.item(), ev["pass1"], time.time() - t0)
+            for name, threshold in tiers:
+                if name not in state["tiers"] and (ev["pass1"] >= threshold):
+                    save_policy(engine.module, tokenizer, ckpt / "tiers" / name)
+                    state["tiers"][name] = {"step": step, "val_pass1": ev["pass1"], "threshold": threshold,
+                                            "first_error_hist": ev["first_error_hist"], "reached": True,
+                                            "compute": compute.to_dict()}
+                    log.info("tier %s: step %d, val pass@1 %.3f", name, step, ev["pass1"])
+            state.update(step=step, compute=compute.to_dict())
+            save_checkpoint(engine, ckpt, step, chash, state)
+    for name, threshold in tiers:  # tiers the budget did not reach come from the final model
+        if name not in state["tiers"]:
+            log.warning("tier %s (pass@1 >= %.2f) not reached in %d steps; using the final model", name,
+                        threshold, max_steps)
+            save_policy(engine.module, tokenizer, ckpt / "tiers" / name)
+            last = state["curve"][-1] if state["curve"] else {"val_pass1": None}
+            state["tiers"][name] = {"step": step, "val_pass1": last["val_pass1"], "threshold": threshold,
+                                    "reached": False, "compute": compute.to_dict()}
+    out = Path(args.out)
+    for name, _ in tiers:
+        publish_tier(ckpt / "tiers" / name, out / name, {**state["tiers"][name], "tier": name, "n_params": n_params})
+    write_json(out / "sft_metrics.json", {"curve": state["curve"], "tiers": state["tiers"], "n_params": n_params,
+                                          "compute": compute.to_dict(), "wall_s": time.time() - t0})
+    shutil.rmtree(ckpt, ignore_errors=True)  # done: resume state no longer needed
+
+
+def publish_tier(src: Path, dst: Path, meta: dict) -> None:
+    """Copy a captured tier into Snakemake's output, with its metadata (step, pass@1, compute)."""
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        write_json(tmp / "policy_meta.json", meta)
+
+
+if __name__ == "__main__":
+    main()

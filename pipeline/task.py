@@ -1,0 +1,34 @@
+"""What a task is to the rest of the pipeline: how a record becomes a prompt, and how a
+response is judged. Stages never special-case the testbed beyond calling these.
+
+A record is {"id", "problem", "answer", "source", ...}; testbed records also carry "meta"
+(operands and operators) from which the checker derives ground-truth step labels.
+"""
+from __future__ import annotations
+
+from .grader import grade
+from .steps import split_steps
+from .testbed import check_response
+
+
+def format_prompt(record: dict, task_cfg: dict) -> str:
+    """The text the policy is conditioned on. The testbed prompt is the problem and a newline;
+    real-data presets give a `prompt_template` with a `{problem}` field."""
+    template = task_cfg.get("prompt_template") or "{problem}\n"
+    return template.format(problem=record["problem"])
+
+
+def judge(record: dict, response: str, task_cfg: dict) -> dict:
+    """Outcome reward (always) plus ground-truth step labels (testbed only).
+
+    Returns {"outcome": 0/1, "n_steps": H, and for the testbed "step_valid", "first_error",
+    "process_correct"}."""
+    delimiter = task_cfg.get("step_delimiter", "\n")
+    result: dict = {"n_steps": len(split_steps(response, delimiter))}
+    if task_cfg.get("name") == "arith" and "meta" in record:
+        result.update(check_response(response, record["meta"], delimiter))
+        result["outcome"] = int(result["outcome"])
+    else:
+        result["outcome"] = int(grade(response, record["answer"], task_cfg.get("grader", "math"),
+                                      timeout_s=float(task_cfg.get("grader_timeout_s", 5.0))))
+    return result

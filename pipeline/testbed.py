@@ -1,0 +1,143 @@
+"""The synthetic multi-step arithmetic testbed: problems, reference solutions, and a checker
+that gives ground-truth step labels for *any* response.
+
+A problem is a chain of operations evaluated left to right modulo `modulus`, e.g.
+"3+4*2-5=?" (mod 10). The reference solution writes one step per line and ends with an
+answer line in GSM8K style:
+
+    3+4=7
+    7*2=4
+    4-5=9
+    #### 9
+
+The checker parses a generated response line by line. A step `a op b = c` is *valid* when
+`a` is the previous line's result (the first operand for step 1), `op b` is the problem's
+next operation, and `c == (a op b) mod m`. The answer line is valid when it comes after
+all operations and repeats the last result. The outcome is whether the final answer equals
+the true value, graded by the project grader. Because validity is local, an arithmetic slip
+followed by "*0" (or an even number "*5" mod 10) reaches the right answer through a wrong
+process, which is exactly the case real PRM data contains.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from .grader import extract_answer, grade
+from .steps import split_steps
+
+STEP_RE = re.compile(r"^\s*(\d+)\s*([+\-*])\s*(\d+)\s*=\s*(\d+)\s*$")
+ANSWER_PREFIX = "####"
+
+
+@dataclass(frozen=True)
+class ArithSpec:
+    modulus: int = 10
+    operand_max: int = 9
+    operators: tuple[str, ...] = ("+", "-", "*")
+    chain_len: tuple[int, int] = (3, 5)  # inclusive range of the number of operations
+
+    @classmethod
+    def from_cfg(cls, cfg: dict, chain_key: str = "chain_len") -> "ArithSpec":
+        lo, hi = cfg[chain_key]
+        return cls(modulus=int(cfg["modulus"]), operand_max=int(cfg["operand_max"]),
+                   operators=tuple(cfg["operators"]), chain_len=(int(lo), int(hi)))
+
+
+def apply_op(a: int, op: str, b: int, modulus: int) -> int:
+    if op == "+":
+        return (a + b) % modulus
+    if op == "-":
+        return (a - b) % modulus
+    if op == "*":
+        return (a * b) % modulus
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def make_problem(rng: random.Random, spec: ArithSpec) -> dict:
+    n_ops = rng.randint(*spec.chain_len)
+    operands = [rng.randint(0, spec.operand_max) for _ in range(n_ops + 1)]
+    ops = [rng.choice(spec.operators) for _ in range(n_ops)]
+    expr = str(operands[0]) + "".join(f"{op}{b}" for op, b in zip(ops, operands[1:]))
+    values = running_values(operands, ops, spec.modulus)
+    return {"problem": f"{expr}=?", "answer": str(values[-1]),
+            "meta": {"operands": operands, "ops": ops, "modulus": spec.modulus}}
+
+
+def running_values(operands: list[int], ops: list[str], modulus: int) -> list[int]:
+    """values[0] = first operand (taken mod m), values[h] = result after h operations."""
+    values = [operands[0] % modulus]
+    for op, b in zip(ops, operands[1:]):
+        values.append(apply_op(values[-1], op, b, modulus))
+    return values
+
+
+def reference_solution(meta: dict) -> str:
+    operands, ops, m = meta["operands"], meta["ops"], meta["modulus"]
+    values = running_values(operands, ops, m)
+    lines = [f"{values[h]}{op}{b}={values[h + 1]}" for h, (op, b) in enumerate(zip(ops, operands[1:]))]
+    lines.append(f"{ANSWER_PREFIX} {values[-1]}")
+    return "\n".join(lines)
+
+
+def generate_split(n: int, spec: ArithSpec, seed: int, split: str, exclude: set[str] | None = None) -> list[dict]:
+    """`n` distinct problems (not in `exclude`, so eval splits never leak into train)."""
+    rng = random.Random(seed)
+    exclude = exclude or set()
+    seen: set[str] = set()
+    records = []
+    attempts = 0
+    while len(records) < n:
+        attempts += 1
+        if attempts > 50 * n + 1000:
+            raise ValueError(f"split {split!r}: cannot draw {n} distinct problems from this task spec; "
+                             "lower the split size or widen chain_len / operand_max")
+        rec = make_problem(rng, spec)
+        if rec["problem"] in seen or rec["problem"] in exclude:
+            continue
+        seen.add(rec["problem"])
+        rec.update(id=f"arith-{split}-{len(records)}", source="arith", split=split,
+                   solution=reference_solution(rec["meta"]))
+        records.append(rec)
+    return records
+
+
+def check_response(response: str, meta: dict, delimiter: str = "\n") -> dict:
+    """Ground truth for one response: outcome, per-step validity, first wrong step.
+
+    Returns {"outcome": bool, "step_valid": [bool per step], "first_error": int | None,
+    "process_correct": bool}. Steps are the splitter's steps of the response, so the
+    labels line up with what PRMs score.
+    """
+    operands, ops, m = meta["operands"], meta["ops"], meta["modulus"]
+    values = running_values(operands, ops, m)
+    steps = split_steps(response, delimiter)
+    valid: list[bool] = []
+    prev = operands[0] % m  # what the next step must start from
+    answered = False
+    for h, step in enumerate(steps):
+        line = step.strip()
+        if answered:  # anything after the answer line is wrong
+            valid.append(False)
+            continue
+        if line.startswith(ANSWER_PREFIX):
+            answered = True
+            given = extract_answer(line, "exact")
+            valid.append(h == len(ops) and given == str(prev))
+            continue
+        match = STEP_RE.match(line)
+        if match is None or h >= len(ops):
+            valid.append(False)
+            prev = int(match.group(4)) if match else prev
+            continue
+        a, op, b, c = int(match.group(1)), match.group(2), int(match.group(3)), int(match.group(4))
+        ok = a == prev and op == ops[h] and b == operands[h + 1] and c == apply_op(a, op, b, m)
+        valid.append(ok)
+        prev = c
+    outcome = grade(response, str(values[-1]), "exact")
+    first_error = next((h for h, v in enumerate(valid) if not v), None)
+    if first_error is None and not answered:
+        first_error = len(steps)  # the missing answer line is the first wrong step
+    return {"outcome": bool(outcome), "step_valid": valid, "first_error": first_error,
+            "process_correct": first_error is None}

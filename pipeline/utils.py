@@ -1,0 +1,165 @@
+"""Shared plumbing for every stage: atomic artifact writes, JSONL, seeding, logging, stage CLIs.
+
+Artifacts are never written in place. A killed job must leave either the old file or
+nothing, never half a file that a later stage (or Snakemake's mtime check) would trust,
+so every writer goes through `atomic_path` / `atomic_dir`: write to a temporary sibling,
+then `os.replace` it onto the final name (atomic on POSIX within one filesystem).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+log = logging.getLogger("pipeline")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path next to `path`; on success rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; artifacts get normal modes
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory next to `path`; on success it replaces `path` whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def append_jsonl(path: str | os.PathLike, row: dict) -> None:
+    """Append one line (metrics logs). The caller rewrites the log atomically on resume."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(n: int) -> None:
+    """Pin torch's intra-op threads: results on CPU are only reproducible for a fixed count."""
+    import torch
+
+    torch.set_num_threads(max(1, int(n)))
+
+
+def check_finite(value: float, what: str, step: int | None = None) -> None:
+    """Stop a stage with a clear message on a NaN/inf loss instead of training on garbage."""
+    if not math.isfinite(value):
+        where = f" at step {step}" if step is not None else ""
+        raise FloatingPointError(f"{what} is {value}{where}; stopping (lower the learning rate or check the data)")
+
+
+def setup_logging(log_file: str | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        handlers=handlers, force=True)
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    """Every stage CLI takes its config as one JSON object (`--cfg`), as the Snakefile passes it
+    through `params`, so a changed config value is visible to Snakemake's params trigger."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--cfg", required=True, help="stage config as a JSON object (or @file.json)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--log", default=None, help="also write the log to this file")
+    return p
+
+
+def parse_cfg(arg: str) -> dict:
+    text = Path(arg[1:]).read_text() if arg.startswith("@") else arg
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--cfg is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise SystemExit("--cfg must be a JSON object")
+    return cfg

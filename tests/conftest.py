@@ -1,0 +1,35 @@
+"""Shared fixtures. The smoke DAG is built once per test session (it takes about two
+minutes) and reused by every workflow test that only reads its outputs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "config" / "smoke.yaml"
+SMOKE_TARGETS = ["results/table2.csv", "results/rollouts/medium/train.jsonl"]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI on this repo's Snakefile inside `workdir`."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def run_smoke(workdir: Path) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    snakemake(workdir, "-c2", *SMOKE_TARGETS, "--configfile", str(SMOKE))
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def smoke_dir(tmp_path_factory) -> Path:
+    return run_smoke(tmp_path_factory.mktemp("smoke_a"))

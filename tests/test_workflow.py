@@ -1,0 +1,110 @@
+"""End-to-end: the smoke DAG through the real Snakemake CLI, its outputs, incremental
+reruns, determinism across two clean runs, and config validation at DAG build."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.config import load_preset
+from conftest import SMOKE, SMOKE_TARGETS, run_smoke, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def planned_jobs(workdir: Path, *extra: str) -> dict[str, int]:
+    """Job counts per rule of a dry run (empty when there is nothing to do)."""
+    proc = snakemake(workdir, "-n", "-c2", *SMOKE_TARGETS, "--configfile", str(SMOKE), *extra)
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    stats = text[text.index("Job stats:"):]
+    jobs = {}
+    for line in stats.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m or m.group(1) == "total":
+            if jobs:
+                break
+            continue
+        jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+def overlay(tmp_path: Path, name: str, data: dict) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
+    cfg = load_preset(SMOKE)
+    res = smoke_dir / "results"
+    table = pd.read_csv(res / "table2.csv")
+    assert list(table["method"]) == ["base", "rloo", "grpo"]
+    for col in ["test", "ood", "avg", "test_greedy", "ood_greedy", "train_samples", "train_flops"]:
+        assert col in table.columns
+    assert table[["test", "ood", "avg"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert table["avg"].tolist() == pytest.approx(((table["test"] + table["ood"]) / 2).tolist(), abs=1e-4)
+    rl = cfg["rl"]
+    expected_samples = rl["iterations"] * rl["prompts_per_iter"] * rl["samples_per_prompt"]
+    assert table.loc[table.method == "base", "train_samples"].item() == 0
+    assert (table.loc[table.method != "base", "train_samples"] == expected_samples).all()
+    assert (table.loc[table.method != "base", "train_flops"] > 0).all()
+    assert (res / "plots" / "rl_val_curves.png").stat().st_size > 1000
+
+    # seed rollouts: one row per (prompt, sample), graded, split into steps, ground-truth labels
+    rows = [json.loads(line) for line in (res / "rollouts" / "medium" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == cfg["rollouts"]["n_prompts"] * cfg["rollouts"]["n_samples"]
+    for r in rows:
+        assert r["outcome"] in (0, 1)
+        assert len(r["step_valid"]) == len(r["steps"]) == len(r["step_ends"])
+        assert "".join(r["steps"]) == r["response"][: r["step_ends"][-1]] if r["steps"] else True
+        if r["process_correct"]:
+            assert r["outcome"] == 1
+    assert any(r["outcome"] for r in rows) and not all(r["outcome"] for r in rows)
+
+    # RL metrics: one row per iteration plus the iteration-0 validation point
+    metrics = [json.loads(line) for line in (res / "rl" / "rloo" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == list(range(rl["iterations"] + 1))
+    assert metrics[-1]["val_pass1"] is not None
+
+    # every rule has its log and benchmark file; no temporary or checkpoint leftovers
+    for rule_file in ["data_prep", "sft", "table2", "rl/rloo", "rl/grpo", "evaluate/base", "rollouts/medium_train"]:
+        assert (res / "logs" / f"{rule_file}.log").exists(), rule_file
+        assert (res / "benchmarks" / f"{rule_file}.tsv").exists(), rule_file
+    leftovers = [p for p in res.rglob("*") if (p.name.endswith(".tmp") or p.name.startswith("."))
+                 and p.name != ".snakemake_timestamp"]  # Snakemake's marker for directory outputs
+    assert leftovers == []
+    assert not list((res / "checkpoints").rglob("latest.json"))
+
+
+def test_second_run_has_nothing_to_do(smoke_dir):
+    assert planned_jobs(smoke_dir) == {}
+
+
+def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
+    # an RL knob: both RL runs, their evaluations and the table; not data, SFT, base eval
+    rl_change = overlay(tmp_path, "rl", {"rl": {"lr": 0.0001}})
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rl_change)) == {
+        "rl": 2, "evaluate": 2, "table2": 1}
+    # an eval knob: the three evaluations and the table only
+    eval_change = overlay(tmp_path, "ev", {"eval": {"k": 3}})
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(eval_change)) == {"evaluate": 3, "table2": 1}
+    # a rollouts knob: only the rollouts
+    ro_change = overlay(tmp_path, "ro", {"rollouts": {"n_samples": 3}})
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ro_change)) == {"rollouts": 1}
+    # an SFT knob: everything downstream of SFT, but not data prep
+    sft_change = overlay(tmp_path, "sft", {"sft": {"lr": 0.002}})
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(sft_change)) == {
+        "sft": 1, "rollouts": 1, "rl": 2, "evaluate": 3, "table2": 1}
+
+
+def test_two_clean_runs_give_identical_tables(smoke_dir, tmp_path):
+    other = run_smoke(tmp_path / "smoke_b")
+    assert (other / "results" / "table2.csv").read_bytes() == (smoke_dir / "results" / "table2.csv").read_bytes()
+    for rel in ["rollouts/medium/train.jsonl", "data/train.jsonl"]:
+        assert (other / "results" / rel).read_bytes() == (smoke_dir / "results" / rel).read_bytes(), rel

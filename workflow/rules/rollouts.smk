@@ -1,0 +1,21 @@
+rule rollouts:
+    """Seed rollouts: n samples per prompt from a policy, graded and split into steps."""
+    input:
+        policy=lambda wc: policy_input(wc.policy),
+        records=f"{OUT}/data/{{split}}.jsonl",
+    output:
+        rows=f"{OUT}/rollouts/{{policy}}/{{split}}.jsonl",
+        summary=f"{OUT}/rollouts/{{policy}}/{{split}}.summary.json",
+    params:
+        cfg=cfg_json("rollouts", "task", "sampling", "seed"),
+        policy=lambda wc: policy_dir(wc.policy),
+    log:
+        f"{OUT}/logs/rollouts/{{policy}}_{{split}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/rollouts/{{policy}}_{{split}}.tsv"
+    threads: res("rollouts")["threads"]
+    resources:
+        **resources_of("rollouts"),
+    shell:
+        "{PY} -m pipeline.rollouts --cfg {params.cfg} --policy {params.policy} --policy-name {wildcards.policy} "
+        "--records {input.records} --out {output.rows} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,25 @@
+TIERS = list(config["sft"]["tiers"]) if config["task"]["name"] == "arith" else []
+
+
+rule sft:
+    """Train the testbed policy from scratch; capture weak/medium/strong generator tiers."""
+    input:
+        train=f"{OUT}/data/train.jsonl",
+        val=f"{OUT}/data/val.jsonl",
+    output:
+        tiers=[directory(f"{OUT}/models/sft/{t}") for t in TIERS],
+        metrics=f"{OUT}/models/sft/sft_metrics.json",
+    params:
+        cfg=cfg_json("sft", "model", "task", "sampling", "seed"),
+        out=f"{OUT}/models/sft",
+        ckpt=f"{OUT}/checkpoints/sft",
+    log:
+        f"{OUT}/logs/sft.log",
+    benchmark:
+        f"{OUT}/benchmarks/sft.tsv"
+    threads: res("sft")["threads"]
+    resources:
+        **resources_of("sft"),
+    shell:
+        "{PY} -m pipeline.sft --cfg {params.cfg} --train {input.train} --val {input.val} "
+        "--out {params.out} --ckpt {params.ckpt} --threads {threads} > {log} 2>&1"
