@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from .testbed import ArithSpec, generate_split
-from .utils import parse_cfg, setup_logging, stage_parser, write_json, write_jsonl
+from .utils import stage_parser, start_stage, write_json, write_jsonl
 
 log = logging.getLogger("pipeline.data_prep")
 SPLITS = ("train", "val", "test", "ood")
@@ -48,9 +48,7 @@ def real_splits(task_cfg: dict) -> dict[str, list[dict]]:
 def main(argv=None) -> None:
     p = stage_parser(__doc__)
     p.add_argument("--out", required=True, help="output directory for <split>.jsonl")
-    args = p.parse_args(argv)
-    setup_logging(args.log)
-    cfg = parse_cfg(args.cfg)
+    args, cfg = start_stage(p, argv)
     task_cfg, seed = cfg["task"], int(cfg["seed"])
     splits = arith_splits(task_cfg, seed) if task_cfg["name"] == "arith" else real_splits(task_cfg)
     out = Path(args.out)

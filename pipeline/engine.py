@@ -111,7 +111,9 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(engine, ckpt_dir: str | Path, step: int, cfg_hash: str, client_state: dict) -> None:
     ckpt_dir = Path(ckpt_dir)
     tag = f"step{step:07d}"
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={**client_state, "rng": rng_state()},
+    # our state travels under one key: DeepSpeed adds reserved keys of its own to the
+    # client state it returns, and refuses them when they are passed back in.
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"pipeline_state": client_state, "rng": rng_state()},
                            save_latest=False)
     write_json(ckpt_dir / "latest.json", {"tag": tag, "step": step, "config_hash": cfg_hash})
     for old in ckpt_dir.glob("step*"):  # keep only the published checkpoint
@@ -133,8 +135,8 @@ def load_checkpoint(engine, ckpt_dir: str | Path, cfg_hash: str) -> dict | None:
         return None
     _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=meta["tag"], load_optimizer_states=True,
                                              load_lr_scheduler_states=True)
-    if client_state is None:
+    if client_state is None or "pipeline_state" not in client_state:
         raise RuntimeError(f"checkpoint {ckpt_dir}/{meta['tag']} could not be loaded")
     set_rng_state(client_state["rng"])
     log.info("resumed from %s/%s (step %d)", ckpt_dir, meta["tag"], meta["step"])
-    return client_state
+    return client_state["pipeline_state"]

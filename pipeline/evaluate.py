@@ -10,10 +10,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from .modeling import load_policy
 from .sampler import make_sampler
 from .task import format_prompt, judge
-from .utils import parse_cfg, read_json, read_jsonl, set_threads, setup_logging, stage_parser, write_json
+from .utils import read_json, read_jsonl, stage_parser, start_stage, write_json
 
 log = logging.getLogger("pipeline.evaluate")
 
@@ -48,17 +47,10 @@ def main(argv=None) -> None:
     p.add_argument("--policy", required=True, help="model directory or hub id")
     p.add_argument("--data", required=True, help="directory with <split>.jsonl")
     p.add_argument("--out", required=True, help="output JSON")
-    args = p.parse_args(argv)
-    setup_logging(args.log)
-    cfg = parse_cfg(args.cfg)
-    set_threads(args.threads)
+    args, cfg = start_stage(p, argv)
     ev, task_cfg, samp = cfg["eval"], cfg["task"], cfg["sampling"]
     t0 = time.time()
-    if samp.get("backend", "hf") == "hf":
-        model, tokenizer = load_policy(args.policy)
-        sampler = make_sampler(samp, model=model, tokenizer=tokenizer)
-    else:
-        sampler = make_sampler(samp, model_path=args.policy)
+    sampler = make_sampler(samp, model_path=args.policy)
     out = {"policy": args.policy, "splits": {}}
     for i, split in enumerate(ev["splits"]):
         records = read_jsonl(Path(args.data) / f"{split}.jsonl")

@@ -38,7 +38,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from math_verify import parse, verify

@@ -60,6 +60,17 @@ def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = Fal
     return model, tokenizer
 
 
+def param_count_from_config(path: str, trust_remote_code: bool = False) -> int:
+    """Parameter count of a model directory or hub id without loading its weights (the model
+    is built on the meta device). Used where an engine such as vLLM holds the real weights."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return sum(p.numel() for p in model.parameters())
+
+
 def save_policy(model, tokenizer, out_dir, extra_files: dict[str, str] | None = None) -> None:
     """Save model + tokenizer atomically (a killed job leaves no half-written model dir)."""
     from .utils import atomic_dir

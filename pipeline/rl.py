@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from .advantages import OUTCOME_ADVANTAGES, kl_k3, masked_mean, ppo_clip_loss
 from .engine import build_engine, config_hash, load_checkpoint, save_checkpoint
@@ -29,8 +30,8 @@ from .modeling import load_policy, save_policy
 from .sampler import HFSampler
 from .scoring import collate, join_responses, split_responses, token_logprobs
 from .task import format_prompt, judge
-from .utils import (check_finite, parse_cfg, read_json, read_jsonl, seed_everything, set_threads, setup_logging,
-                    stage_parser, write_json, write_jsonl)
+from .utils import (check_finite, read_json, read_jsonl, seed_everything,
+                    stage_parser, start_stage, write_json, write_jsonl)
 
 log = logging.getLogger("pipeline.rl")
 
@@ -60,10 +61,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", required=True, help="directory with train.jsonl and val.jsonl")
     p.add_argument("--out", required=True, help="output directory: policy/ and metrics.jsonl")
     p.add_argument("--ckpt", required=True, help="resume checkpoint directory")
-    args = p.parse_args(argv)
-    setup_logging(args.log)
-    cfg = parse_cfg(args.cfg)
-    set_threads(args.threads)
+    args, cfg = start_stage(p, argv)
     rl, task_cfg, samp = cfg["rl"], cfg["task"], cfg["sampling"]
     seed = int(cfg["seed"])
     seed_everything(seed)
@@ -100,7 +98,8 @@ def main(argv=None) -> None:
     if state["iteration"] == 0 and not state["metrics"]:
         state["metrics"].append({"iteration": 0, "val_pass1": validate(0), "samples": 0, "flops": 0.0,
                                  "wall_s": 0.0})
-    for it in range(state["iteration"], iters):
+    for it in tqdm(range(state["iteration"], iters), desc=f"rl {algo}", initial=state["iteration"], total=iters,
+                   mininterval=5):
         t_it = time.time()
         rng = random.Random(seed * 1_000_003 + it)  # prompts are a function of the iteration
         records = [train[i] for i in rng.sample(range(len(train)), P)]

@@ -13,11 +13,10 @@ import logging
 import time
 from pathlib import Path
 
-from .modeling import load_policy
 from .sampler import make_sampler
 from .steps import split_steps_with_ends
 from .task import format_prompt, judge
-from .utils import parse_cfg, read_jsonl, set_threads, setup_logging, stage_parser, write_json, write_jsonl
+from .utils import read_jsonl, stage_parser, start_stage, write_json, write_jsonl
 
 log = logging.getLogger("pipeline.rollouts")
 
@@ -40,18 +39,11 @@ def main(argv=None) -> None:
     p.add_argument("--policy-name", required=True)
     p.add_argument("--records", required=True, help="records JSONL (a data split)")
     p.add_argument("--out", required=True, help="rollouts JSONL")
-    args = p.parse_args(argv)
-    setup_logging(args.log)
-    cfg = parse_cfg(args.cfg)
-    set_threads(args.threads)
+    args, cfg = start_stage(p, argv)
     ro, task_cfg, samp = cfg["rollouts"], cfg["task"], cfg["sampling"]
     records = read_jsonl(args.records)[: int(ro["n_prompts"])]
     t0 = time.time()
-    if samp.get("backend", "hf") == "hf":
-        model, tokenizer = load_policy(args.policy)
-        sampler = make_sampler(samp, model=model, tokenizer=tokenizer)
-    else:
-        sampler = make_sampler(samp, model_path=args.policy)
+    sampler = make_sampler(samp, model_path=args.policy)
     gens = sampler.generate([format_prompt(r, task_cfg) for r in records], n=int(ro["n_samples"]),
                             temperature=float(ro["temperature"]), max_new_tokens=int(samp["max_new_tokens"]),
                             seed=int(cfg["seed"]), desc=f"rollouts {args.policy_name}")

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from .flops import Compute, count_params
+from .modeling import param_count_from_config
 
 
 @dataclass
@@ -82,11 +83,11 @@ class HFSampler(Sampler):
 
 
 def _strip_after_eos(ids: list[int], eos_id: int, pad_id: int) -> list[int]:
-    """Response tokens up to and including the first EOS; padding after it dropped."""
+    """Response tokens up to and including the first EOS. `generate` pads a row only after
+    its EOS, so a row without EOS holds no padding: every token in it was sampled (even one
+    whose id happens to be the pad id) and must be kept and counted."""
     if eos_id in ids:
         return ids[: ids.index(eos_id) + 1]
-    while ids and ids[-1] == pad_id and pad_id != eos_id:
-        ids = ids[:-1]
     return ids
 
 
@@ -103,15 +104,16 @@ class VLLMSampler(Sampler):
                        gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=enable_prefix_caching,
                        trust_remote_code=False)
         self.tokenizer = self.llm.get_tokenizer()
-        self.n_params = n_params or _vllm_param_count(self.llm)
+        self.n_params = n_params or param_count_from_config(model_path)
         self.compute = Compute()
 
     def generate(self, prompts, n=1, *, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0,
                  greedy=False, desc="sampling"):
         from vllm import SamplingParams
 
-        params = SamplingParams(n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
-                                max_tokens=max_new_tokens, seed=seed)
+        # one seed per prompt: a shared seed would give every prompt the same random stream
+        params = [SamplingParams(n=n, temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
+                                 max_tokens=max_new_tokens, seed=seed * 1_000_003 + i) for i in range(len(prompts))]
         results = self.llm.generate(prompts, params, use_tqdm=True)
         out = []
         for res in results:
@@ -125,11 +127,6 @@ class VLLMSampler(Sampler):
             self.compute.add_sampling(self.n_params, n_prompt * len(gens), n_gen, len(gens))
             out.append(gens)
         return out
-
-
-def _vllm_param_count(llm) -> int:  # pragma: no cover - GPU only
-    model = llm.llm_engine.model_executor.driver_worker.model_runner.model
-    return sum(p.numel() for p in model.parameters())
 
 
 def make_sampler(sampling_cfg: dict, model=None, tokenizer=None, model_path: str | None = None) -> Sampler:

@@ -15,15 +15,17 @@ import shutil
 import time
 from pathlib import Path
 
+from tqdm import tqdm
+
 from .engine import build_engine, config_hash, load_checkpoint, save_checkpoint
 from .flops import Compute, count_params
-from .modeling import build_char_tokenizer, build_tiny_llama, load_policy, save_policy
+from .modeling import build_char_tokenizer, build_tiny_llama, save_policy
 from .sampler import HFSampler
 from .scoring import collate, token_logprobs
 from .evaluate import evaluate_policy
 from .task import format_prompt
-from .utils import (atomic_dir, check_finite, parse_cfg, read_jsonl, seed_everything, set_threads, setup_logging,
-                    stage_parser, write_json)
+from .utils import (atomic_dir, check_finite, read_jsonl, seed_everything,
+                    stage_parser, start_stage, write_json)
 
 log = logging.getLogger("pipeline.sft")
 
@@ -51,10 +53,7 @@ def main(argv=None) -> None:
     p.add_argument("--val", required=True)
     p.add_argument("--out", required=True, help="directory that receives one model dir per tier")
     p.add_argument("--ckpt", required=True, help="resume checkpoint directory")
-    args = p.parse_args(argv)
-    setup_logging(args.log)
-    cfg = parse_cfg(args.cfg)
-    set_threads(args.threads)
+    args, cfg = start_stage(p, argv)
     sft, task_cfg, seed = cfg["sft"], cfg["task"], int(cfg["seed"])
     seed_everything(seed)
 
@@ -74,6 +73,7 @@ def main(argv=None) -> None:
     compute = Compute.from_dict(state["compute"])
     step = state["step"]
     t0 = time.time()
+    bar = tqdm(total=max_steps, initial=step, desc="sft", mininterval=5)
     while step < max_steps and len(state["tiers"]) < len(tiers):
         engine.train()
         rng = random.Random(seed * 1_000_003 + step)  # batch is a function of the step: resume-exact
@@ -84,6 +84,7 @@ def main(argv=None) -> None:
         engine.step()
         compute.add_training(n_params, sum(len(p) + len(y) for p, y in batch))
         step += 1
+        bar.update(1)
         if step % int(sft["eval_every"]) == 0 or step == max_steps:
             sampler = HFSampler(engine.module, tokenizer, batch_size=cfg["sampling"]["batch_size"], progress=False)
             ev = evaluate_policy(sampler, val_records, task_cfg, k=1, temperature=float(sft["eval_temperature"]),
@@ -100,6 +101,7 @@ def main(argv=None) -> None:
                     log.info("tier %s: step %d, val pass@1 %.3f", name, step, ev["pass1"])
             state.update(step=step, compute=compute.to_dict())
             save_checkpoint(engine, ckpt, step, chash, state)
+    bar.close()
     for name, threshold in tiers:  # tiers the budget did not reach come from the final model
         if name not in state["tiers"]:
             log.warning("tier %s (pass@1 >= %.2f) not reached in %d steps; using the final model", name,

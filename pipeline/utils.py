@@ -154,8 +154,22 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def start_stage(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, dict]:
+    """Parse a stage's CLI, set up logging and torch threads; returns (args, stage config)."""
+    args = parser.parse_args(argv)
+    setup_logging(args.log)
+    set_threads(args.threads)
+    return args, parse_cfg(args.cfg)
+
+
 def parse_cfg(arg: str) -> dict:
-    text = Path(arg[1:]).read_text() if arg.startswith("@") else arg
+    if arg.startswith("@"):
+        try:
+            text = Path(arg[1:]).read_text()
+        except OSError as e:
+            raise SystemExit(f"--cfg {arg}: cannot read the config file ({e.strerror})") from None
+    else:
+        text = arg
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as e:

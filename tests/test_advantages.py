@@ -1,0 +1,194 @@
+"""Advantages and policy losses (`pipeline/advantages.py`) against hand computation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.advantages import (OUTCOME_ADVANTAGES, grpo_advantages, kl_k3, masked_mean, ppo_clip_loss,
+                                 rloo_advantages)
+
+# --------------------------------------------------------------------------- RLOO
+
+
+def test_rloo_by_hand():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    # A^i = r^i - mean of the other three:
+    #   i=0: 1 - (0+0+1)/3 = 2/3     i=1: 0 - (1+0+1)/3 = -2/3
+    #   i=2: 0 - (1+0+1)/3 = -2/3    i=3: 1 - (1+0+0)/3 = 2/3
+    expected = torch.tensor([[1 - 1 / 3, 0 - 2 / 3, 0 - 2 / 3, 1 - 1 / 3]])
+    torch.testing.assert_close(rloo_advantages(r), expected)
+
+
+def test_rloo_several_groups_at_once():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0],
+                      [0.0, 0.0, 0.0, 1.0],     # i=3: 1 - 0 = 1; others: 0 - 1/3
+                      [1.0, 1.0, 1.0, 1.0],     # all equal: 1 - 1 = 0
+                      [0.5, 2.0, -1.0, 0.0]])   # i=0: 0.5 - (2-1+0)/3 = 1/6; i=1: 2 - (0.5-1+0)/3 = 13/6
+    #                                           # i=2: -1 - (0.5+2+0)/3 = -11/6; i=3: 0 - (0.5+2-1)/3 = -1/2
+    expected = torch.tensor([[2 / 3, -2 / 3, -2 / 3, 2 / 3],
+                             [-1 / 3, -1 / 3, -1 / 3, 1.0],
+                             [0.0, 0.0, 0.0, 0.0],
+                             [1 / 6, 13 / 6, -11 / 6, -1 / 2]])
+    torch.testing.assert_close(rloo_advantages(r), expected)
+
+
+def test_rloo_k2():
+    # K=2: A = r_i - r_other: [1-0, 0-1]
+    torch.testing.assert_close(rloo_advantages(torch.tensor([[1.0, 0.0]])), torch.tensor([[1.0, -1.0]]))
+
+
+def test_rloo_k1_raises():
+    with pytest.raises(ValueError, match="at least 2"):
+        rloo_advantages(torch.tensor([[1.0], [0.0]]))
+
+
+# --------------------------------------------------------------------------- GRPO
+
+
+def test_grpo_by_hand_unbiased_std():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    # mean 0.5; deviations +-0.5; unbiased var = (4 * 0.25) / (4-1) = 1/3; std = 0.57735
+    # A = +-0.5 / (0.57735 + 1e-6) = +-0.866024 (biased std 0.5 would give +-1)
+    a = 0.5 / (math.sqrt(1 / 3) + 1e-6)
+    torch.testing.assert_close(grpo_advantages(r), torch.tensor([[a, -a, -a, a]]))
+    assert abs(a - 0.866024) < 1e-5
+
+
+def test_grpo_several_groups_at_once():
+    r = torch.tensor([[1.0, 0.0],            # mean .5, std sqrt((.25+.25)/1) = 0.70711 -> +-0.70711
+                      [3.0, 3.0]])           # all equal -> 0 / (0 + eps) = 0
+    s = 0.5 / (math.sqrt(0.5) + 1e-6)
+    torch.testing.assert_close(grpo_advantages(r), torch.tensor([[s, -s], [0.0, 0.0]]))
+    # K=3, [0, 1, 2]: mean 1, unbiased var (1+0+1)/2 = 1, std 1 -> [-1, 0, 1] / (1 + 1e-6)
+    torch.testing.assert_close(grpo_advantages(torch.tensor([[0.0, 1.0, 2.0]])),
+                               torch.tensor([[-1.0, 0.0, 1.0]]) / (1 + 1e-6))
+
+
+def test_grpo_all_equal_is_zero():
+    out = grpo_advantages(torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]))
+    assert torch.equal(out, torch.zeros(2, 4))
+
+
+def test_grpo_k1_raises():
+    with pytest.raises(ValueError, match="at least 2"):
+        grpo_advantages(torch.tensor([[1.0]]))
+
+
+def test_outcome_advantage_registry():
+    assert OUTCOME_ADVANTAGES == {"rloo": rloo_advantages, "grpo": grpo_advantages}
+
+
+# --------------------------------------------------------------------------- masked mean, KL
+
+
+def test_masked_mean_by_hand():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    m = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    # (1 + 3 + 6) / 3 = 10/3
+    torch.testing.assert_close(masked_mean(x, m), torch.tensor(10 / 3))
+    # an all-zero mask gives 0 (denominator clamped to 1), not nan
+    assert masked_mean(x, torch.zeros_like(m)).item() == 0.0
+
+
+def test_kl_k3_by_hand():
+    logp = torch.tensor([math.log(0.25), math.log(0.5), math.log(0.3)])
+    ref = torch.tensor([math.log(0.5), math.log(0.25), math.log(0.3)])
+    # d = ref - logp:
+    #   ln(0.5/0.25) = ln 2:   e^d - d - 1 = 2 - 0.693147 - 1   = 0.306853
+    #   ln(0.25/0.5) = -ln 2:  e^d - d - 1 = 0.5 + 0.693147 - 1 = 0.193147
+    #   0:                     1 - 0 - 1 = 0
+    expected = torch.tensor([1 - math.log(2), math.log(2) - 0.5, 0.0])
+    torch.testing.assert_close(kl_k3(logp, ref), expected)
+    assert abs(expected[0].item() - 0.306853) < 1e-6 and abs(expected[1].item() - 0.193147) < 1e-6
+
+
+def test_kl_k3_zero_when_equal_and_nonnegative():
+    g = torch.Generator().manual_seed(0)
+    logp = torch.randn(4, 7, generator=g)
+    assert torch.equal(kl_k3(logp, logp), torch.zeros(4, 7))
+    assert (kl_k3(logp, torch.randn(4, 7, generator=g)) >= 0).all()
+
+
+# --------------------------------------------------------------------------- PPO clip loss
+
+
+RATIOS = torch.tensor([[1.1, 1.5, 0.5],
+                       [1.5, 0.5, 3.0]])   # (1, 2) is padding
+MASK = torch.tensor([[1.0, 1.0, 1.0],
+                     [1.0, 1.0, 0.0]])
+ADV = torch.tensor([1.0, -2.0])            # one advantage per sequence
+
+
+def _logps(ratios):
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -0.2, -1.0]])
+    return (old + torch.log(ratios)).requires_grad_(True), old
+
+
+def test_ppo_clip_loss_by_hand():
+    # eps = 0.2 -> clip range [0.8, 1.2]; surrogate = min(r*A, clip(r)*A)
+    # row 0, A=+1:  r=1.1 inside: min(1.1, 1.1) = 1.1
+    #               r=1.5 above:  min(1.5, 1.2) = 1.2   (clipped)
+    #               r=0.5 below:  min(0.5, 0.8) = 0.5   (unclipped: pessimistic side)
+    # row 1, A=-2:  r=1.5 above:  min(-3.0, -2.4) = -3.0 (unclipped: pessimistic side)
+    #               r=0.5 below:  min(-1.0, -1.6) = -1.6 (clipped)
+    #               r=3.0 padding: excluded
+    # loss = -(1.1 + 1.2 + 0.5 - 3.0 - 1.6) / 5 = -(-1.8) / 5 = 0.36
+    logp, old = _logps(RATIOS)
+    loss, stats = ppo_clip_loss(logp, old, ADV, MASK, clip_eps=0.2)
+    torch.testing.assert_close(loss, torch.tensor(0.36))
+    # |r-1| > 0.2 for 1.5, 0.5, 1.5, 0.5 of the 5 real tokens -> 4/5 (padding's 3.0 not counted)
+    assert stats["clip_frac"] == pytest.approx(0.8)
+    # (1.1 + 1.5 + 0.5 + 1.5 + 0.5) / 5 = 1.02
+    assert stats["ratio_mean"] == pytest.approx(1.02)
+
+    # d loss / d logp = -r*A/5 where the unclipped term is the min, 0 where the clipped one is:
+    #   (0,0): -1.1*1/5 = -0.22   (0,1): 0   (0,2): -0.5*1/5 = -0.1
+    #   (1,0): -1.5*-2/5 = 0.6    (1,1): 0   (1,2): padding, 0
+    loss.backward()
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.22, 0.0, -0.1], [0.6, 0.0, 0.0]]))
+
+
+def test_ppo_per_token_advantage_equals_broadcast():
+    logp, old = _logps(RATIOS)
+    loss_seq, _ = ppo_clip_loss(logp, old, ADV, MASK)
+    loss_tok, _ = ppo_clip_loss(logp, old, ADV[:, None].expand(2, 3).clone(), MASK)
+    torch.testing.assert_close(loss_seq, loss_tok)
+
+
+def test_ppo_per_token_advantages_by_hand():
+    # one sequence, per-token A = [2, -1, 0.5], ratios [1.0, 1.3, 0.7], eps 0.1 -> [0.9, 1.1]
+    #   r=1.0, A=2:    min(2.0, 2.0) = 2.0
+    #   r=1.3, A=-1:   min(-1.3, -1.1) = -1.3
+    #   r=0.7, A=0.5:  min(0.35, 0.45) = 0.35
+    # loss = -(2.0 - 1.3 + 0.35) / 3 = -0.35
+    ratios = torch.tensor([[1.0, 1.3, 0.7]])
+    old = torch.zeros(1, 3)
+    loss, stats = ppo_clip_loss(torch.log(ratios), old, torch.tensor([[2.0, -1.0, 0.5]]), torch.ones(1, 3),
+                                clip_eps=0.1)
+    torch.testing.assert_close(loss, torch.tensor(-0.35))
+    assert stats["clip_frac"] == pytest.approx(2 / 3)
+
+
+def test_ppo_padding_values_do_not_matter():
+    # Finite garbage at the padded position (ratio e^40 = 2.4e17) changes neither loss nor stats.
+    # (Non-finite padding values would: inf * 0 = nan in masked_mean. token_logprobs and
+    # join_responses only ever put finite values there, so that case is not exercised.)
+    logp, old = _logps(RATIOS)
+    logp2 = logp.detach().clone()
+    logp2[1, 2] = 20.0
+    old2 = old.clone()
+    old2[1, 2] = -20.0
+    a, stats_a = ppo_clip_loss(logp, old, ADV, MASK)
+    b, stats_b = ppo_clip_loss(logp2, old2, ADV, MASK)
+    torch.testing.assert_close(a, b)
+    assert stats_a == pytest.approx(stats_b)
+
+
+def test_ppo_on_policy_loss_is_minus_mean_advantage():
+    # ratio 1 everywhere: loss = -mean(A) over real tokens = -(1*3 + -2*2)/5 = 0.2
+    old = torch.zeros(2, 3)
+    loss, stats = ppo_clip_loss(old.clone(), old, ADV, MASK)
+    torch.testing.assert_close(loss, torch.tensor(0.2))
+    assert stats == {"clip_frac": 0.0, "ratio_mean": 1.0}

@@ -1,0 +1,345 @@
+"""Tests of the sampler interface (`pipeline/sampler.py`): the HF backend on a tiny random
+Llama, and the vLLM backend's glue code against a stand-in `vllm` module."""
+from __future__ import annotations
+
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pipeline.flops import count_params
+from pipeline.modeling import build_char_tokenizer, build_tiny_llama
+from pipeline.sampler import Generation, HFSampler, VLLMSampler, _strip_after_eos, make_sampler
+
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 64}
+PROMPTS = ["3+4*2=?\n", "1+2=?\n", "9*9-1+5=?\n"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_char_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    m = build_tiny_llama(tok, TINY, seed=0)
+    # the default init (std 0.02) is near-uniform and greedy decoding just repeats one
+    # character; larger weights give varied, prompt-dependent outputs
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return m
+
+
+def sampler(model, tok, batch_size=4):
+    return HFSampler(model, tok, batch_size=batch_size, progress=False)
+
+
+def ids_of(gens):
+    return [[g.token_ids for g in gs] for gs in gens]
+
+
+# --------------------------------------------------------------------------- HF backend
+
+
+def test_same_seed_same_samples_different_seed_different(model, tok):
+    a = sampler(model, tok).generate(PROMPTS, n=3, max_new_tokens=12, seed=7)
+    b = sampler(model, tok).generate(PROMPTS, n=3, max_new_tokens=12, seed=7)
+    c = sampler(model, tok).generate(PROMPTS, n=3, max_new_tokens=12, seed=8)
+    assert ids_of(a) == ids_of(b)
+    assert [[g.text for g in gs] for gs in a] == [[g.text for g in gs] for gs in b]
+    assert ids_of(a) != ids_of(c)
+    # the n samples of one prompt differ from each other
+    assert len({tuple(g.token_ids) for g in a[0]}) == 3
+
+
+def test_same_seed_independent_of_call_history(model, tok):
+    s = sampler(model, tok)
+    first = s.generate(PROMPTS, n=2, max_new_tokens=8, seed=3)
+    s.generate(PROMPTS, n=2, max_new_tokens=8, seed=99)
+    torch.rand(5)
+    assert ids_of(s.generate(PROMPTS, n=2, max_new_tokens=8, seed=3)) == ids_of(first)
+
+
+def test_n_samples_per_prompt_and_generation_invariants(model, tok):
+    max_new = 16
+    gens = sampler(model, tok, batch_size=4).generate(PROMPTS, n=4, max_new_tokens=max_new, seed=0)
+    assert len(gens) == len(PROMPTS)
+    assert all(len(gs) == 4 for gs in gens)
+    eos = tok.eos_token_id
+    flat = [g for gs in gens for g in gs]
+    for g in flat:
+        assert isinstance(g, Generation)
+        assert g.text == tok.decode(g.token_ids, skip_special_tokens=True)
+        if g.finished:                                      # ends at its first EOS, padding dropped
+            assert g.token_ids[-1] == eos and eos not in g.token_ids[:-1]
+            assert len(g.token_ids) <= max_new
+        else:                                               # cut at the length limit
+            assert eos not in g.token_ids and len(g.token_ids) == max_new
+    # with this seed both branches occur (an EOS before the limit, and rows cut at the limit)
+    assert any(g.finished and len(g.token_ids) < max_new for g in flat)
+    assert not all(g.finished for g in flat)
+
+
+def test_token_and_flop_accounting(model, tok):
+    s = sampler(model, tok, batch_size=4)       # 3 prompts x 3 samples = 9 rows: batches of 4, 4, 1
+    gens = s.generate(PROMPTS, n=3, max_new_tokens=10, seed=1)
+    c = s.compute
+    n_gen = sum(len(g.token_ids) for gs in gens for g in gs)
+    n_prompt = 3 * sum(len(p) for p in PROMPTS)   # char tokenizer: one token per character, per sample
+    assert n_prompt == 3 * (8 + 6 + 10)
+    assert c.generated_tokens == n_gen
+    assert c.prompt_tokens == n_prompt
+    assert c.samples == 9
+    assert s.n_params == count_params(model) == sum(p.numel() for p in model.parameters())
+    assert c.flops == 2.0 * s.n_params * (n_prompt + n_gen)
+    assert c.trained_tokens == 0 and c.scored_tokens == 0
+    # a second call accumulates
+    gens2 = s.generate(PROMPTS[:1], n=1, max_new_tokens=5, seed=2)
+    assert c.generated_tokens == n_gen + len(gens2[0][0].token_ids)
+    assert c.prompt_tokens == n_prompt + 8 and c.samples == 10
+
+
+def test_greedy_is_deterministic_and_seed_free(model, tok):
+    s = sampler(model, tok)
+    a = s.generate(PROMPTS, n=2, greedy=True, max_new_tokens=12, seed=0)
+    b = s.generate(PROMPTS, n=2, greedy=True, max_new_tokens=12, seed=123)
+    t0 = s.generate(PROMPTS, n=1, temperature=0.0, max_new_tokens=12, seed=5)
+    assert ids_of(a) == ids_of(b)
+    assert all(gs[0].token_ids == gs[1].token_ids for gs in a)
+    assert [gs[0].token_ids for gs in t0] == [gs[0].token_ids for gs in a]
+    # greedy continuation is the argmax of the model's logits, token by token
+    prompt_ids = tok(PROMPTS[0], add_special_tokens=False)["input_ids"]
+    seq = list(prompt_ids)
+    with torch.no_grad():
+        for _ in range(5):
+            seq.append(int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
+    assert a[0][0].token_ids[:5] == seq[len(prompt_ids):]
+
+
+def test_sampling_matches_the_model_distribution(model, tok):
+    """First-token frequencies over 3000 samples at temperature T match softmax(logits / T),
+    with no hidden truncation (such as a default top-k of 50). A Pearson chi-square statistic
+    has mean = dof under the right distribution; a 6-sigma bound (dof + 6 sqrt(2 dof)) keeps a
+    seeded run far from a false alarm, while the wrong temperature scores 300-5000 here."""
+    prompt, N = PROMPTS[0], 3000
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    for T in (0.7, 1.5):
+        gens = sampler(model, tok, batch_size=N).generate([prompt], n=N, temperature=T, max_new_tokens=1, seed=0)
+        first = [g.token_ids[0] for g in gens[0]]
+        counts = torch.bincount(torch.tensor(first), minlength=len(tok)).double()
+
+        def chi2(p):
+            expected = p.double() * N
+            big = expected >= 5                        # pool the rare tokens into one cell
+            stat = ((counts[big] - expected[big]) ** 2 / expected[big]).sum()
+            stat += (counts[~big].sum() - expected[~big].sum()) ** 2 / expected[~big].sum()
+            return stat.item(), int(big.sum())
+
+        stat, dof = chi2(torch.softmax(logits / T, -1))
+        assert stat < dof + 6 * (2 * dof) ** 0.5, (T, stat, dof)
+        wrong, wdof = chi2(torch.softmax(logits, -1))   # temperature ignored: detectably different
+        assert wrong > wdof + 6 * (2 * wdof) ** 0.5
+
+
+def test_top_p_keeps_only_the_nucleus(model, tok):
+    prompt = PROMPTS[0]
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1], -1)
+    p_sorted, order = probs.sort(descending=True)
+    # the nucleus: the most likely tokens up to and including the one whose cumulative mass reaches 0.5
+    size = int((p_sorted.cumsum(0) < 0.5).sum()) + 1
+    nucleus = set(order[:size].tolist())
+    assert 2 < size < 50
+    gens = sampler(model, tok, batch_size=2000).generate([prompt], n=2000, top_p=0.5, max_new_tokens=1, seed=0)
+    used = {g.token_ids[0] for g in gens[0]}
+    assert used <= nucleus
+    assert len(used) >= size - 1      # and the nucleus is really sampled from, not just its top
+
+
+def test_left_padding_does_not_change_greedy_output(model, tok):
+    s = sampler(model, tok)
+    short = PROMPTS[1]
+    alone = s.generate([short], greedy=True, max_new_tokens=12)
+    batched = s.generate([short, "1+2+3+4+5*6-7*8=?\n"], greedy=True, max_new_tokens=12)
+    assert alone[0][0].token_ids == batched[0][0].token_ids
+
+
+def test_sampling_leaves_global_rng_alone(model, tok):
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    sampler(model, tok).generate(PROMPTS, n=2, max_new_tokens=6, seed=0)
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_training_mode_restored(model, tok):
+    s = sampler(model, tok)
+    model.train()
+    s.generate(PROMPTS[:1], max_new_tokens=2)
+    assert model.training
+    model.eval()
+    s.generate(PROMPTS[:1], max_new_tokens=2)
+    assert not model.training
+
+
+@pytest.mark.parametrize("ids, expected", [
+    ([5, 6, 2, 0, 0], [5, 6, 2]),     # up to and including EOS (2); padding (0) after it dropped
+    ([5, 2, 7, 2], [5, 2]),           # the first EOS ends the response
+    ([2, 0, 0], [2]),
+    ([5, 0, 6, 2, 0], [5, 0, 6, 2]),  # a pad id before EOS is a generated token: kept
+    ([5, 6], [5, 6]),
+    ([], []),
+])
+def test_strip_after_eos(ids, expected):
+    assert _strip_after_eos(ids, eos_id=2, pad_id=0) == expected
+
+
+# transformers' generate pads a row only after that row's EOS; a row without EOS ran to
+# max_new_tokens and every token in it was sampled, including any that equal the pad id.
+def test_strip_after_eos_keeps_sampled_pad_ids_without_eos():
+    assert _strip_after_eos([5, 6, 0, 0], eos_id=2, pad_id=0) == [5, 6, 0, 0]
+
+
+def test_generated_pad_tokens_are_kept_and_counted(tok):
+    # An untied model with a zero LM head has all-zero logits; greedy argmax then picks id 0,
+    # which is <pad>, at every step, and never EOS: the model generated 5 tokens.
+    cfg = {**TINY, "tie_word_embeddings": False}
+    m = build_tiny_llama(tok, cfg, seed=0)
+    with torch.no_grad():
+        m.lm_head.weight.zero_()
+    s = sampler(m, tok)
+    gen = s.generate(["1+2=?\n"], greedy=True, max_new_tokens=5)[0][0]
+    assert gen.finished is False
+    assert gen.token_ids == [tok.pad_token_id] * 5          # actual: []
+    assert s.compute.generated_tokens == 5                  # actual: 0
+    assert s.compute.flops == 2.0 * s.n_params * (6 + 5)    # actual: 2 * n_params * 6
+
+
+def test_strip_after_eos_pad_equals_eos():
+    # pad == eos (load_policy's fallback when a tokenizer has no pad token)
+    assert _strip_after_eos([5, 6, 2, 2, 2], eos_id=2, pad_id=2) == [5, 6, 2]
+    assert _strip_after_eos([5, 6], eos_id=2, pad_id=2) == [5, 6]
+
+
+def test_make_sampler(model, tok):
+    s = make_sampler({"backend": "hf", "batch_size": 7, "progress": False}, model=model, tokenizer=tok)
+    assert isinstance(s, HFSampler) and s.batch_size == 7 and s.model is model
+    with pytest.raises(ValueError, match="backend"):
+        make_sampler({"backend": "sglang"}, model=model, tokenizer=tok)
+
+
+# --------------------------------------------------------------------------- vLLM backend
+# vLLM is an external GPU-only engine that cannot be installed here, so these tests replace
+# the `vllm` module by a stand-in in sys.modules (the true external boundary). They check
+# the glue: what the sampler passes to vLLM and how it converts vLLM's outputs.
+
+
+class _FakeSamplingParams:
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.n = kwargs["n"]
+
+
+class _FakeLLM:
+    instances: list = []
+
+    def __init__(self, **kwargs):
+        self.init_kwargs = kwargs
+        self.calls = []
+        _FakeLLM.instances.append(self)
+
+    def get_tokenizer(self):
+        return "the-tokenizer"
+
+    def generate(self, prompts, params, use_tqdm=True):
+        # vLLM's RequestOutput: prompt_token_ids, and n CompletionOutputs with text,
+        # token_ids (a tuple/array in vLLM) and finish_reason ("stop" or "length")
+        # vLLM accepts one SamplingParams for all prompts or a list with one per prompt
+        self.calls.append((list(prompts), params))
+        per_prompt = params if isinstance(params, list) else [params] * len(prompts)
+        assert len(per_prompt) == len(prompts)
+        results = []
+        for p, sp in zip(prompts, per_prompt):
+            outs = [SimpleNamespace(text=f"{p}#{j}", token_ids=tuple(range(10, 11 + j)),
+                                    finish_reason="stop" if j % 2 == 0 else "length") for j in range(sp.n)]
+            results.append(SimpleNamespace(prompt_token_ids=list(range(len(p))), outputs=outs))
+        return results
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    mod = types.ModuleType("vllm")
+    mod.LLM = _FakeLLM
+    mod.SamplingParams = _FakeSamplingParams
+    _FakeLLM.instances = []
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    return mod
+
+
+def test_vllm_sampler_passes_sampling_params_and_converts_outputs(fake_vllm):
+    s = VLLMSampler("/models/p", tensor_parallel_size=2, gpu_memory_utilization=0.5, n_params=1000)
+    llm = _FakeLLM.instances[0]
+    assert llm.init_kwargs["model"] == "/models/p"
+    assert llm.init_kwargs["tensor_parallel_size"] == 2
+    assert llm.init_kwargs["gpu_memory_utilization"] == 0.5
+    assert llm.init_kwargs["trust_remote_code"] is False
+    assert s.tokenizer == "the-tokenizer"
+
+    gens = s.generate(["abc", "de"], n=3, temperature=0.7, top_p=0.9, max_new_tokens=11, seed=42)
+    prompts, params = llm.calls[0]
+    assert prompts == ["abc", "de"]
+    # one SamplingParams per prompt, each with its own seed (a shared seed would give every
+    # prompt the same random stream): seed * 1_000_003 + prompt index
+    assert [sp.kwargs for sp in params] == [
+        {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 11, "seed": 42 * 1_000_003 + i} for i in range(2)]
+    assert len(gens) == 2 and all(len(gs) == 3 for gs in gens)
+    assert gens[0][0] == Generation("abc#0", [10], True)
+    assert gens[0][1] == Generation("abc#1", [10, 11], False)
+    assert gens[1][2] == Generation("de#2", [10, 11, 12], True)
+    assert all(type(g.token_ids) is list for gs in gens for g in gs)
+    # tokens: each prompt is prefilled once per sample: 3*3 + 3*2 = 15 prompt tokens;
+    # generated 1+2+3 per prompt = 12; flops = 2 * 1000 * (15 + 12) = 54000
+    c = s.compute
+    assert (c.prompt_tokens, c.generated_tokens, c.samples) == (15, 12, 6)
+    assert c.flops == 54000.0
+
+
+def test_vllm_sampler_greedy_uses_temperature_zero(fake_vllm):
+    s = VLLMSampler("/models/p", n_params=10)
+    s.generate(["x"], n=1, temperature=0.9, top_p=0.5, max_new_tokens=4, seed=1, greedy=True)
+    params = _FakeLLM.instances[0].calls[0][1]
+    assert [sp.kwargs for sp in params] == [{"n": 1, "temperature": 0.0, "top_p": 1.0, "max_tokens": 4, "seed": 1_000_003}]
+
+
+def test_vllm_sampler_without_vllm_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)   # makes `import vllm` raise ImportError
+    with pytest.raises(ImportError, match=r"\.\[gpu\]"):
+        VLLMSampler("/models/p", n_params=1)
+
+
+class _FakeV1LLM(_FakeLLM):
+    """Like vLLM's V1 `LLM` (the only engine from vLLM 0.11 on; the default since 0.8): its
+    `llm_engine` wraps an engine-core client and has no `model_executor.driver_worker`
+    (vllm-project/vllm#16607, huggingface/trl#3859)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.llm_engine = SimpleNamespace(engine_core=SimpleNamespace())
+
+
+def test_make_sampler_vllm_counts_params_with_v1_engine(fake_vllm, tok, tmp_path):
+    from pipeline.modeling import save_policy
+
+    fake_vllm.LLM = _FakeV1LLM
+    m = build_tiny_llama(tok, TINY, seed=0)
+    save_policy(m, tok, tmp_path / "policy")
+    s = make_sampler({"backend": "vllm"}, model_path=str(tmp_path / "policy"))
+    assert s.n_params == count_params(m)   # e.g. read from the checkpoint vLLM loaded

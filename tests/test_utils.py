@@ -1,0 +1,212 @@
+"""Tests of the shared plumbing (`pipeline/utils.py`): atomic writes, JSONL, config parsing,
+finiteness checks, seeding."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+
+import pytest
+
+from pipeline.utils import (append_jsonl, atomic_dir, atomic_path, check_finite, parse_cfg, read_json, read_jsonl,
+                            seed_everything, write_json, write_jsonl, write_text)
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# --------------------------------------------------------------------------- atomic_path
+
+
+def test_atomic_path_writes_and_leaves_no_temp(tmp_path, umask_022):
+    target = tmp_path / "sub" / "out.txt"      # parent created on demand
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        tmp.write_text("new")
+        assert not target.exists()             # nothing at the final name until success
+    assert target.read_text() == "new"
+    assert os.listdir(target.parent) == ["out.txt"]
+    assert mode(target) == 0o644               # not mkstemp's 0600
+
+
+def test_atomic_path_respects_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        write_text(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "private.txt") == 0o600
+
+
+def test_atomic_path_keeps_old_file_when_body_raises(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(Boom):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half-writ")
+            raise Boom
+    assert target.read_text() == "old"
+    assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_atomic_path_keyboard_interrupt_leaves_nothing(tmp_path):
+    target = tmp_path / "never.txt"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_path(target) as tmp:
+            tmp.write_text("x")
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- atomic_dir
+
+
+def test_atomic_dir_replaces_whole_directory(tmp_path, umask_022):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "stale.bin").write_text("old weights")
+    with atomic_dir(target) as tmp:
+        (tmp / "weights.bin").write_text("new weights")
+        assert (target / "stale.bin").exists()   # old directory intact while writing
+    assert sorted(os.listdir(target)) == ["weights.bin"]
+    assert os.listdir(tmp_path) == ["model"]     # no temp or .old siblings
+    assert mode(target) == 0o755                 # not mkdtemp's 0700
+
+
+def test_atomic_dir_new_directory(tmp_path):
+    with atomic_dir(tmp_path / "a" / "b") as tmp:
+        (tmp / "f").write_text("1")
+    assert (tmp_path / "a" / "b" / "f").read_text() == "1"
+    assert os.listdir(tmp_path / "a") == ["b"]
+
+
+def test_atomic_dir_keeps_old_directory_when_body_raises(tmp_path):
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "weights.bin").write_text("old")
+    with pytest.raises(Boom):
+        with atomic_dir(target) as tmp:
+            (tmp / "weights.bin").write_text("partial")
+            raise Boom
+    assert os.listdir(target) == ["weights.bin"]
+    assert (target / "weights.bin").read_text() == "old"
+    assert os.listdir(tmp_path) == ["model"]
+
+
+# --------------------------------------------------------------------------- JSON / JSONL
+
+
+def test_jsonl_round_trip(tmp_path):
+    rows = [{"b": 1, "a": "x"}, {"nested": {"k": [1, 2.5, None]}, "u": "é∑\n"}, {}]
+    path = tmp_path / "d" / "rows.jsonl"
+    assert write_jsonl(path, rows) == 3
+    assert read_jsonl(path) == rows
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and lines[0] == '{"a": "x", "b": 1}'   # one sorted-key object per line
+
+
+def test_write_jsonl_generator_failure_keeps_old_file(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    write_jsonl(path, [{"i": 0}])
+
+    def rows():
+        yield {"i": 1}
+        raise Boom
+
+    with pytest.raises(Boom):
+        write_jsonl(path, rows())
+    assert read_jsonl(path) == [{"i": 0}]
+    assert os.listdir(tmp_path) == ["rows.jsonl"]
+
+
+def test_read_jsonl_error_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": \n{"a": 3}\n')   # line 2 blank (skipped), line 3 broken
+    with pytest.raises(ValueError, match=rf"{path}:3: not valid JSON"):
+        read_jsonl(path)
+
+
+def test_read_jsonl_skips_blank_lines(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"a": 1}\n\n   \n{"a": 2}\n')
+    assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+
+def test_append_jsonl(tmp_path):
+    path = tmp_path / "log.jsonl"
+    append_jsonl(path, {"step": 1})
+    append_jsonl(path, {"step": 2})
+    assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
+
+
+def test_write_read_json(tmp_path):
+    write_json(tmp_path / "x.json", {"b": [1, 2], "a": 1.5})
+    assert read_json(tmp_path / "x.json") == {"a": 1.5, "b": [1, 2]}
+    assert (tmp_path / "x.json").read_text().endswith("}\n")
+
+
+# --------------------------------------------------------------------------- check_finite
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_check_finite_raises(value):
+    with pytest.raises(FloatingPointError, match=r"rl loss is .* at step 7"):
+        check_finite(value, "rl loss", step=7)
+
+
+def test_check_finite_without_step():
+    with pytest.raises(FloatingPointError) as e:
+        check_finite(float("nan"), "sft loss")
+    assert "step" not in str(e.value) and "sft loss is nan" in str(e.value)
+
+
+@pytest.mark.parametrize("value", [0.0, -1e30, 3.5, 1e308])
+def test_check_finite_accepts_finite(value):
+    check_finite(value, "loss", step=1)
+
+
+# --------------------------------------------------------------------------- parse_cfg, seeding
+
+
+def test_parse_cfg_json_and_file(tmp_path):
+    assert parse_cfg('{"a": 1, "b": {"c": [1, 2]}}') == {"a": 1, "b": {"c": [1, 2]}}
+    f = tmp_path / "cfg.json"
+    f.write_text(json.dumps({"seed": 3}))
+    assert parse_cfg(f"@{f}") == {"seed": 3}
+
+
+@pytest.mark.parametrize("arg, msg", [("{not json", "not valid JSON"), ("[1, 2]", "JSON object"),
+                                      ('"text"', "JSON object")])
+def test_parse_cfg_rejects(arg, msg):
+    with pytest.raises(SystemExit, match=msg):
+        parse_cfg(arg)
+
+
+def test_parse_cfg_missing_file(tmp_path):
+    with pytest.raises(SystemExit, match="missing.json: cannot read the config file"):
+        parse_cfg(f"@{tmp_path / 'missing.json'}")
+
+
+def test_seed_everything():
+    import numpy as np
+    import torch
+
+    seed_everything(11)
+    a = (random.random(), np.random.rand(), torch.rand(1).item())
+    seed_everything(11)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+    seed_everything(12)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) != a
