@@ -1,6 +1,6 @@
 """Sampler throughput against batch size, measured side by side in one run.
 
-    python benchmarks/bench_sampler.py [--policy results/models/sft/medium] [--prompts 512]
+    python benchmarks/bench_sampler.py [--policy results/models/sft/medium] [--prompts 1024]
 
 Prints generated tokens/s per batch size and the ratio to the smallest batch; this is what
 `sampling.batch_size` in config/tiny.yaml is chosen from. Without --policy it uses a
@@ -24,7 +24,8 @@ from pipeline.task import format_prompt
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--policy", default=None)
-    p.add_argument("--prompts", type=int, default=512)
+    p.add_argument("--prompts", type=int, default=1024)
+    p.add_argument("--split", default="train", help="testbed split to draw prompts from")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
@@ -35,7 +36,7 @@ def main() -> None:
     else:
         tok = build_char_tokenizer()
         model = build_tiny_llama(tok, cfg["model"], seed=0)
-    records = arith_splits(cfg["task"], seed=0)["test"][: args.prompts]
+    records = arith_splits(cfg["task"], seed=0)[args.split][: args.prompts]
     prompts = [format_prompt(r, cfg["task"]) for r in records]
     base = None
     print(f"{len(prompts)} prompts, max_new_tokens={cfg['sampling']['max_new_tokens']}, threads={args.threads}")
