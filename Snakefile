@@ -11,6 +11,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/sft.smk"
 include: "workflow/rules/rollouts.smk"
+include: "workflow/rules/mc_label.smk"
 include: "workflow/rules/rl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
@@ -20,3 +21,4 @@ rule all:
     default_target: True
     input:
         f"{OUT}/table2.csv",
+        f"{OUT}/mc/{config['mc_label']['seed_policy']}/{config['mc_label']['split']}.jsonl",

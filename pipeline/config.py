@@ -69,7 +69,9 @@ def semantic_problems(cfg: dict) -> list[str]:
     elif not task.get("sources"):
         problems.append("config key task.sources: real-data tasks need at least one split source")
     names = policy_names(cfg)
-    for key, value in (("rl.base_policy", cfg["rl"]["base_policy"]), ("rollouts.policy", cfg["rollouts"]["policy"])):
+    for key, value in (("rl.base_policy", cfg["rl"]["base_policy"]), ("rollouts.policy", cfg["rollouts"]["policy"]),
+                       ("mc_label.seed_policy", cfg["mc_label"]["seed_policy"]),
+                       ("mc_label.completer", cfg["mc_label"]["completer"])):
         if value not in names:
             problems.append(f"config key {key}: unknown policy {value!r} (known: {sorted(names)})")
     splits = data_splits(cfg)
@@ -78,6 +80,14 @@ def semantic_problems(cfg: dict) -> list[str]:
             problems.append(f"config key eval.splits: split {s!r} is not produced by data prep ({splits})")
     if cfg["rollouts"]["split"] not in splits:
         problems.append(f"config key rollouts.split: split {cfg['rollouts']['split']!r} not in {splits}")
+    if cfg["mc_label"]["split"] not in splits:
+        problems.append(f"config key mc_label.split: split {cfg['mc_label']['split']!r} not in {splits}")
+    if cfg["mc_label"]["n_cov"] > cfg["rollouts"]["n_samples"]:
+        problems.append(f"config key mc_label.n_cov: {cfg['mc_label']['n_cov']} seed rollouts per prompt, but "
+                        f"rollouts.n_samples makes only {cfg['rollouts']['n_samples']}")
+    if cfg["mc_label"]["n_prompts"] > cfg["rollouts"]["n_prompts"]:
+        problems.append(f"config key mc_label.n_prompts: more than the {cfg['rollouts']['n_prompts']} prompts "
+                        "that rollouts.n_prompts samples")
     for need in ("train", "val"):
         if need not in splits:
             problems.append(f"config key task.sources: RL needs a {need!r} split")

@@ -37,3 +37,24 @@ def split_steps_with_ends(text: str, delimiter: str = "\n") -> tuple[list[str], 
 def split_steps(text: str, delimiter: str = "\n") -> list[str]:
     """The steps of `text` (see `split_steps_with_ends`)."""
     return split_steps_with_ends(text, delimiter)[0]
+
+
+def step_token_ends(tokenizer, response_ids: list[int], step_ends: list[int]) -> list[int]:
+    """For each step's end character offset, the number of response tokens whose decoding
+    first covers it, i.e. the token prefix that contains the whole step. Works for any
+    tokenizer (BPE merges included) by binary search over decoded prefix lengths."""
+    def decoded_len(k: int) -> int:
+        return len(tokenizer.decode(response_ids[:k], skip_special_tokens=True))
+
+    out = []
+    lo = 0
+    for end in step_ends:
+        hi = len(response_ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if decoded_len(mid) >= end:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(lo)
+    return out

@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "config" / "smoke.yaml"
-SMOKE_TARGETS = ["results/table2.csv", "results/rollouts/medium/train.jsonl"]
+SMOKE_TARGETS = ["results/table2.csv", "results/rollouts/medium/train.jsonl", "results/mc/medium/train.jsonl"]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -42,6 +42,9 @@ def test_merge_is_recursive_and_replaces_lists():
     ({"task": {"arith": {"chain_len": [5, 3]}}}, "config key task.arith.chain_len: range [5, 3] is empty"),
     ({"task": {"name": "math"}}, "config key task.sources"),
     ({"resources": {"rl": {"gpus": 1}}}, "config key resources.rl.gpus: unknown key"),
+    ({"mc_label": {"n_cov": 9}}, "config key mc_label.n_cov: 9 seed rollouts per prompt, but rollouts.n_samples makes only 4"),
+    ({"mc_label": {"completer": "oracle"}}, "config key mc_label.completer: unknown policy 'oracle'"),
+    ({"mc_label": {"n_mc": 0}}, "config key mc_label.n_mc"),
 ])
 def test_bad_values_are_reported_with_their_key(change, message):
     with pytest.raises(ConfigError) as err:

@@ -74,3 +74,15 @@ def test_changed_config_does_not_resume_stale_checkpoint(smoke_dir, tmp_path):
     run = subprocess.run(rl_cmd(cfg, smoke_dir, tmp_path / "out", ckpt), check=True, capture_output=True, text=True)
     assert "ignoring checkpoint" in run.stderr and "resumed from" not in run.stderr
     assert len(metrics(tmp_path / "out")) == 3
+
+
+def test_rl_with_kl_penalty_logs_a_finite_nonnegative_kl(smoke_dir, tmp_path):
+    cfg = load_preset(SMOKE)
+    cfg["rl"].update(iterations=2, checkpoint_every=5, eval_every=2, kl_coef=0.05, ppo_epochs=2)
+    subprocess.run(rl_cmd(cfg, smoke_dir, tmp_path / "out", tmp_path / "ck"), check=True, capture_output=True)
+    rows = metrics(tmp_path / "out")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        # k3 is >= 0 per token; after the first update the policy has moved, so KL > 0
+        assert r["kl"] is not None and 0.0 <= r["kl"] < 1.0
+    assert rows[2]["kl"] > 0.0

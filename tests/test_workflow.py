@@ -67,13 +67,27 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
             assert r["outcome"] == 1
     assert any(r["outcome"] for r in rows) and not all(r["outcome"] for r in rows)
 
+    # MC labels: n_cov seed rollouts of n_prompts prompts, one Q_hat per step, agreement table
+    mc = cfg["mc_label"]
+    labels = [json.loads(line) for line in (res / "mc" / "medium" / "train.jsonl").read_text().splitlines()]
+    assert len(labels) == mc["n_prompts"] * mc["n_cov"]
+    for r in labels:
+        assert len(r["q_hat"]) == len(r["he"]) == len(r["adv_bok"]) == len(r["steps"])
+        assert all(0 <= q <= 1 for q in r["q_hat"]) and 0 <= r["v0"] <= 1
+        assert r["q_hat"][-1] == r["outcome"] or not r["steps"][-1].startswith("####")  # exact last step
+    agreement = pd.read_csv(res / "mc" / "medium" / "train.agreement.csv")
+    assert len(agreement) == 3 and agreement["accuracy"].between(0, 1).all()
+    mc_summary = json.loads((res / "mc" / "medium" / "train.summary.json").read_text())
+    assert mc_summary["compute"]["generated_tokens"] > 0 and mc_summary["compute"]["flops"] > 0
+
     # RL metrics: one row per iteration plus the iteration-0 validation point
     metrics = [json.loads(line) for line in (res / "rl" / "rloo" / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == list(range(rl["iterations"] + 1))
     assert metrics[-1]["val_pass1"] is not None
 
     # every rule has its log and benchmark file; no temporary or checkpoint leftovers
-    for rule_file in ["data_prep", "sft", "table2", "rl/rloo", "rl/grpo", "evaluate/base", "rollouts/medium_train"]:
+    for rule_file in ["data_prep", "sft", "table2", "rl/rloo", "rl/grpo", "evaluate/base", "rollouts/medium_train",
+                      "mc_label/medium_train"]:
         assert (res / "logs" / f"{rule_file}.log").exists(), rule_file
         assert (res / "benchmarks" / f"{rule_file}.tsv").exists(), rule_file
     leftovers = [p for p in res.rglob("*") if (p.name.endswith(".tmp") or p.name.startswith("."))
@@ -94,17 +108,20 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     # an eval knob: the three evaluations and the table only
     eval_change = overlay(tmp_path, "ev", {"eval": {"k": 3}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(eval_change)) == {"evaluate": 3, "table2": 1}
-    # a rollouts knob: only the rollouts
+    # a rollouts knob: the rollouts and the MC labels built on them
     ro_change = overlay(tmp_path, "ro", {"rollouts": {"n_samples": 3}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ro_change)) == {"rollouts": 1}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ro_change)) == {"rollouts": 1, "mc_label": 1}
+    # an MC knob: only the labelling
+    mc_change = overlay(tmp_path, "mc", {"mc_label": {"n_mc": 3}})
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(mc_change)) == {"mc_label": 1}
     # an SFT knob: everything downstream of SFT, but not data prep
     sft_change = overlay(tmp_path, "sft", {"sft": {"lr": 0.002}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(sft_change)) == {
-        "sft": 1, "rollouts": 1, "rl": 2, "evaluate": 3, "table2": 1}
+        "sft": 1, "rollouts": 1, "mc_label": 1, "rl": 2, "evaluate": 3, "table2": 1}
 
 
 def test_two_clean_runs_give_identical_tables(smoke_dir, tmp_path):
     other = run_smoke(tmp_path / "smoke_b")
     assert (other / "results" / "table2.csv").read_bytes() == (smoke_dir / "results" / "table2.csv").read_bytes()
-    for rel in ["rollouts/medium/train.jsonl", "data/train.jsonl"]:
+    for rel in ["rollouts/medium/train.jsonl", "data/train.jsonl", "mc/medium/train.jsonl"]:
         assert (other / "results" / rel).read_bytes() == (smoke_dir / "results" / rel).read_bytes(), rel

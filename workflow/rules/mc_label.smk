@@ -1,0 +1,30 @@
+MC = config["mc_label"]
+
+
+def mc_outputs(wc=None):
+    out = {"rows": f"{OUT}/mc/{{policy}}/{{split}}.jsonl", "summary": f"{OUT}/mc/{{policy}}/{{split}}.summary.json"}
+    if config["task"]["name"] == "arith":  # ground-truth agreement only where step labels exist
+        out["agreement"] = f"{OUT}/mc/{{policy}}/{{split}}.agreement.csv"
+    return out
+
+
+rule mc_label:
+    """Monte-Carlo step labels: n_mc completions from every step boundary of the seed rollouts."""
+    input:
+        rollouts=f"{OUT}/rollouts/{{policy}}/{{split}}.jsonl",
+        completer=policy_input(MC["completer"]),
+    output:
+        **mc_outputs(),
+    params:
+        cfg=cfg_json("mc_label", "task", "sampling", "seed"),
+        completer=policy_dir(MC["completer"]),
+    log:
+        f"{OUT}/logs/mc_label/{{policy}}_{{split}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/mc_label/{{policy}}_{{split}}.tsv"
+    threads: res("mc_label")["threads"]
+    resources:
+        **resources_of("mc_label"),
+    shell:
+        "{PY} -m pipeline.mc_label --cfg {params.cfg} --rollouts {input.rollouts} --completer {params.completer} "
+        "--out {output.rows} --threads {threads} > {log} 2>&1"
