@@ -12,6 +12,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/sft.smk"
 include: "workflow/rules/rollouts.smk"
 include: "workflow/rules/mc_label.smk"
+include: "workflow/rules/reward_models.smk"
 include: "workflow/rules/rl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
@@ -22,3 +23,4 @@ rule all:
     input:
         f"{OUT}/table2.csv",
         f"{OUT}/mc/{config['mc_label']['seed_policy']}/{config['mc_label']['split']}.jsonl",
+        expand(f"{OUT}/rm/{{rm}}/metrics.json", rm=config["rm"]["models"]),

@@ -71,7 +71,8 @@ def semantic_problems(cfg: dict) -> list[str]:
     names = policy_names(cfg)
     for key, value in (("rl.base_policy", cfg["rl"]["base_policy"]), ("rollouts.policy", cfg["rollouts"]["policy"]),
                        ("mc_label.seed_policy", cfg["mc_label"]["seed_policy"]),
-                       ("mc_label.completer", cfg["mc_label"]["completer"])):
+                       ("mc_label.completer", cfg["mc_label"]["completer"]),
+                       ("rm.init_policy", cfg["rm"]["init_policy"]), ("rm.data_policy", cfg["rm"]["data_policy"])):
         if value not in names:
             problems.append(f"config key {key}: unknown policy {value!r} (known: {sorted(names)})")
     splits = data_splits(cfg)
@@ -88,6 +89,8 @@ def semantic_problems(cfg: dict) -> list[str]:
     if cfg["mc_label"]["n_prompts"] > cfg["rollouts"]["n_prompts"]:
         problems.append(f"config key mc_label.n_prompts: more than the {cfg['rollouts']['n_prompts']} prompts "
                         "that rollouts.n_prompts samples")
+    if cfg["rm"]["heldout_split"] not in splits:
+        problems.append(f"config key rm.heldout_split: split {cfg['rm']['heldout_split']!r} not in {splits}")
     for need in ("train", "val"):
         if need not in splits:
             problems.append(f"config key task.sources: RL needs a {need!r} split")

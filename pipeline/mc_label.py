@@ -24,7 +24,6 @@ from pathlib import Path
 import pandas as pd
 
 from .metrics import auroc
-from .modeling import load_policy
 from .sampler import make_sampler
 from .steps import step_token_ends
 from .task import judge
@@ -110,12 +109,8 @@ def main(argv=None) -> None:
     n_mc, k = int(mc["n_mc"]), int(mc["prover_k"])
     t0 = time.time()
     seeds = select_seeds(read_jsonl(args.rollouts), int(mc["n_prompts"]), int(mc["n_cov"]))
-    if samp.get("backend", "hf") == "hf":
-        model, tokenizer = load_policy(args.completer)
-        sampler = make_sampler(samp, model=model, tokenizer=tokenizer)
-    else:
-        sampler = make_sampler(samp, model_path=args.completer)
-        tokenizer = sampler.tokenizer
+    sampler = make_sampler(samp, model_path=args.completer)
+    tokenizer = sampler.tokenizer
 
     # prefixes: the bare prompt once per prompt (V(x)), then prompt + steps 1..h for h < H
     prompt_ids = {r["id"]: tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in seeds}

@@ -8,6 +8,8 @@ def auroc(scores, labels) -> float:
     positive scores above a random negative, ties counted 1/2."""
     scores = [float(s) for s in scores]
     labels = [int(l) for l in labels]
+    if any(l not in (0, 1) for l in labels):
+        raise ValueError("AUROC labels must be 0 or 1")
     pos = [s for s, l in zip(scores, labels) if l == 1]
     neg = [s for s, l in zip(scores, labels) if l == 0]
     if not pos or not neg:

@@ -48,7 +48,8 @@ def test_real_data_path_builds_common_records_from_local_files(tmp_path):
                              "test": {"name": "math500", "path": str(DATA / "math500_sample.jsonl"), "limit": 1}}},
         "policies": {"llama": "meta-llama/Llama-3.1-8B-Instruct"},
         "rl": {"base_policy": "llama"}, "rollouts": {"policy": "llama"}, "eval": {"splits": ["test"]},
-        "mc_label": {"seed_policy": "llama", "completer": "llama"}})
+        "mc_label": {"seed_policy": "llama", "completer": "llama"},
+        "rm": {"init_policy": "llama", "data_policy": "llama"}})
     validate_config(cfg)
     summary = run_stage(cfg, tmp_path)
     assert summary["test"] == 1 and summary["train"] >= 1 and summary["val"] >= 1

@@ -80,6 +80,16 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
     mc_summary = json.loads((res / "mc" / "medium" / "train.summary.json").read_text())
     assert mc_summary["compute"]["generated_tokens"] > 0 and mc_summary["compute"]["flops"] > 0
 
+    # head reward models: trained, scored on held-out rollouts, compute charged
+    for name in ("orm", "prm_he", "pav"):
+        m = json.loads((res / "rm" / name / "metrics.json").read_text())
+        assert {"auroc_min", "auroc_last", "auroc_mean", "auroc_product", "step_auroc"} <= set(m)
+        assert m["train_flops"] > 0 and m["total_flops"] == pytest.approx(m["train_flops"] + m["data_flops"])
+        assert (res / "rm" / name / "model" / "rm_meta.json").exists()
+    orm_cost = json.loads((res / "rm" / "orm" / "metrics.json").read_text())["data_flops"]
+    pav_cost = json.loads((res / "rm" / "pav" / "metrics.json").read_text())["data_flops"]
+    assert pav_cost == pytest.approx(orm_cost + mc_summary["compute"]["flops"])  # MC labelling is charged
+
     # RL metrics: one row per iteration plus the iteration-0 validation point
     metrics = [json.loads(line) for line in (res / "rl" / "rloo" / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == list(range(rl["iterations"] + 1))
@@ -87,7 +97,7 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
 
     # every rule has its log and benchmark file; no temporary or checkpoint leftovers
     for rule_file in ["data_prep", "sft", "table2", "rl/rloo", "rl/grpo", "evaluate/base", "rollouts/medium_train",
-                      "mc_label/medium_train"]:
+                      "mc_label/medium_train", "train_rm/pav"]:
         assert (res / "logs" / f"{rule_file}.log").exists(), rule_file
         assert (res / "benchmarks" / f"{rule_file}.tsv").exists(), rule_file
     leftovers = [p for p in res.rglob("*") if (p.name.endswith(".tmp") or p.name.startswith("."))
@@ -110,14 +120,18 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(eval_change)) == {"evaluate": 3, "table2": 1}
     # a rollouts knob: the rollouts and the MC labels built on them
     ro_change = overlay(tmp_path, "ro", {"rollouts": {"n_samples": 3}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ro_change)) == {"rollouts": 1, "mc_label": 1}
-    # an MC knob: only the labelling
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ro_change)) == {
+        "rollouts": 2, "mc_label": 1, "train_rm": 3}  # train and held-out rollouts
+    # an MC knob: the labelling and the reward models trained on its labels (not the ORM)
     mc_change = overlay(tmp_path, "mc", {"mc_label": {"n_mc": 3}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(mc_change)) == {"mc_label": 1}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(mc_change)) == {"mc_label": 1, "train_rm": 2}
+    # a reward-model knob: the three reward models only
+    rm_change = overlay(tmp_path, "rm", {"rm": {"lr": 0.001}})
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rm_change)) == {"train_rm": 3}
     # an SFT knob: everything downstream of SFT, but not data prep
     sft_change = overlay(tmp_path, "sft", {"sft": {"lr": 0.002}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(sft_change)) == {
-        "sft": 1, "rollouts": 1, "mc_label": 1, "rl": 2, "evaluate": 3, "table2": 1}
+        "sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 3, "rl": 2, "evaluate": 3, "table2": 1}
 
 
 def test_two_clean_runs_give_identical_tables(smoke_dir, tmp_path):

@@ -1,0 +1,123 @@
+"""Reward models behind one scoring interface.
+
+Every reward model answers `step_scores(examples)`: for each (prompt, response split into
+steps) a list of per-step scores, batched. `solution_scores` aggregates them (min / last /
+mean / product). Verifier evaluation and RL use only this interface.
+
+- ORM, MC-PRM (Math-Shepherd) and PAV share one architecture: the policy's Llama backbone
+  with a scalar head at every position (`AutoModelForTokenClassification`, num_labels=1),
+  initialised from a policy and saved with `save_pretrained`. A step's score is
+  sigmoid(head) at the step's last token. The ORM is trained at the final token only, the
+  MC-PRM at every step end on HE or SE labels, PAV at every step end on Q_hat.
+- PAV's score of step h is its effective reward Q^pi_h + alpha * A^mu_h, where A^mu is the
+  advantage under a Best-of-K prover computed from the predicted Q (Q_0 = the head at the
+  prompt's last token, i.e. V(x)).
+The implicit PRM (a causal LM with a reference model; rewards and losses in rm_losses.py)
+joins this interface in issue 3's next step.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+from .mc_label import best_of_k
+from .scoring import collate
+from .utils import atomic_dir
+
+HEAD_KINDS = ("orm", "prm", "pav")
+AGGREGATIONS = ("min", "last", "mean", "product")
+
+
+def aggregate(step_scores: list[float], how: str) -> float:
+    """Solution score from step scores. `product` multiplies probabilities (scores in (0, 1))."""
+    step_scores = [float(x) for x in step_scores]
+    if not step_scores:
+        raise ValueError("cannot aggregate an empty list of step scores")
+    if how == "min":
+        return min(step_scores)
+    if how == "last":
+        return step_scores[-1]
+    if how == "mean":
+        return sum(step_scores) / len(step_scores)
+    if how == "product":
+        out = 1.0
+        for s in step_scores:
+            out *= s
+        return out
+    raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {how!r}")
+
+
+def score_positions(prompt_len: int, step_token_ends: list[int]) -> list[int]:
+    """Sequence index of the last token of each step: where a head reads that step's score."""
+    return [prompt_len + e - 1 for e in step_token_ends]
+
+
+class HeadRewardModel:
+    def __init__(self, model, tokenizer, kind: str, meta: dict):
+        if kind not in HEAD_KINDS:
+            raise ValueError(f"head reward model kind must be one of {HEAD_KINDS}, got {kind!r}")
+        self.model, self.tokenizer, self.kind, self.meta = model, tokenizer, kind, meta
+
+    @classmethod
+    def init_from_policy(cls, policy_path: str, kind: str, meta: dict | None = None) -> "HeadRewardModel":
+        tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=False)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForTokenClassification.from_pretrained(policy_path, num_labels=1, trust_remote_code=False)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return cls(model, tokenizer, kind, dict(meta or {}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "HeadRewardModel":
+        meta = json.loads((Path(path) / "rm_meta.json").read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForTokenClassification.from_pretrained(path, trust_remote_code=False)
+        return cls(model, tokenizer, meta["kind"], meta)
+
+    def save(self, out_dir: str | Path) -> None:
+        with atomic_dir(out_dir) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / "rm_meta.json").write_text(json.dumps({**self.meta, "kind": self.kind}, indent=2, sort_keys=True))
+
+    def position_logits(self, model, batch: dict) -> torch.Tensor:
+        """[B, T] head logit at every position (model: the module or its training engine)."""
+        device = next(model.parameters()).device
+        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        return out.logits.squeeze(-1)
+
+    @torch.no_grad()
+    def head_probs(self, examples: list[dict], batch_size: int = 64) -> list[tuple[float, list[float]]]:
+        """(sigmoid at the prompt's last token, [sigmoid at each step end]) per example."""
+        self.model.eval()
+        out = []
+        for s in range(0, len(examples), batch_size):
+            chunk = examples[s:s + batch_size]
+            batch = collate([e["prompt_ids"] for e in chunk], [e["response_ids"] for e in chunk],
+                            self.tokenizer.pad_token_id)
+            probs = torch.sigmoid(self.position_logits(self.model, batch).float()).cpu()
+            for b, e in enumerate(chunk):
+                pos = score_positions(len(e["prompt_ids"]), e["step_token_ends"])
+                out.append((float(probs[b, len(e["prompt_ids"]) - 1]), [float(probs[b, p]) for p in pos]))
+        return out
+
+    def step_scores(self, examples: list[dict], batch_size: int = 64) -> list[list[float]]:
+        """Per-step scores; PAV: Q^pi + alpha * A^mu under the Best-of-K prover."""
+        probs = self.head_probs(examples, batch_size)
+        if self.kind != "pav":
+            return [steps for _, steps in probs]
+        k, alpha = int(self.meta["prover_k"]), float(self.meta["alpha"])
+        return [pav_effective_rewards(v0, q, k, alpha) for v0, q in probs]
+
+    def solution_scores(self, examples: list[dict], how: str = "min", batch_size: int = 64) -> list[float]:
+        return [aggregate(s, how) for s in self.step_scores(examples, batch_size)]
+
+
+def pav_effective_rewards(v0: float, q: list[float], prover_k: int, alpha: float) -> list[float]:
+    """Q^pi_h + alpha * (Q^BoK_h - Q^BoK_{h-1}), with Q^BoK_0 from V(x) = v0 (PAV, METHODS.md)."""
+    q_bok = [best_of_k(x, prover_k) for x in q]
+    prev = [best_of_k(v0, prover_k)] + q_bok[:-1]
+    return [qh + alpha * (b - p) for qh, b, p in zip(q, q_bok, prev)]

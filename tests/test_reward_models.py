@@ -1,0 +1,107 @@
+"""Head reward models (ORM, MC-PRM, PAV): the scoring interface, PAV's effective reward,
+aggregation, training targets and the loss, by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.modeling import build_char_tokenizer, build_tiny_llama, save_policy
+from pipeline.reward_models import HeadRewardModel, aggregate, pav_effective_rewards, score_positions
+from pipeline.train_rm import build_examples, class_balance_weights, head_loss
+
+TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 128}
+
+
+def test_aggregate_by_hand():
+    s = [0.9, 0.2, 0.7]
+    assert aggregate(s, "min") == 0.2 and aggregate(s, "last") == 0.7
+    assert aggregate(s, "mean") == pytest.approx(0.6)
+    assert aggregate(s, "product") == pytest.approx(0.9 * 0.2 * 0.7)  # 0.126
+    with pytest.raises(ValueError, match="min"):
+        aggregate(s, "max")
+    with pytest.raises(ValueError):
+        aggregate([], "min")
+
+
+def test_pav_effective_reward_by_hand():
+    # V = 0.5, Q = [0.75, 0.25], K = 2, alpha = 0.5
+    # Q_Bo2 = 1-(1-Q)^2: V -> 0.75, 0.75 -> 0.9375, 0.25 -> 0.4375
+    # A = [0.9375-0.75, 0.4375-0.9375] = [0.1875, -0.5]; reward = Q + 0.5 A = [0.84375, 0.0]
+    assert pav_effective_rewards(0.5, [0.75, 0.25], 2, 0.5) == pytest.approx([0.84375, 0.0])
+    assert pav_effective_rewards(0.5, [0.75, 0.25], 2, 0.0) == pytest.approx([0.75, 0.25])  # alpha 0: Q only
+
+
+def test_score_positions_are_the_last_token_of_each_step():
+    # prompt of 4 tokens, steps ending after response tokens 3 and 7 -> sequence indices 6 and 10
+    assert score_positions(4, [3, 7]) == [6, 10]
+
+
+def test_class_balance_weights_by_hand():
+    # 3 targets >= 0.5 and 1 below: w_high = 0.5*4/3, w_low = 0.5*4/1 -> each half weighs 2 in total
+    w_high, w_low = class_balance_weights([0.9, 0.5, 1.0, 0.1])
+    assert w_high == pytest.approx(2 / 3) and w_low == pytest.approx(2.0)
+    assert 3 * w_high == pytest.approx(1 * w_low)
+    assert class_balance_weights([1.0, 1.0]) == (1.0, 1.0)  # one class only: nothing to balance
+
+
+def test_head_loss_by_hand():
+    logits = torch.zeros(2, 5)
+    logits[0, 1], logits[1, 3] = 2.0, -1.0
+    examples = [{"positions": [1], "targets": [1.0]}, {"positions": [3, 0], "targets": [0.0, 0.5]}]
+    # BCE(z=2, t=1) = log(1+e^-2); BCE(z=-1, t=0) = log(1+e^-1); BCE(z=0, t=.5) = log 2
+    expected = (math.log1p(math.exp(-2)) + math.log1p(math.exp(-1)) + math.log(2)) / 3
+    assert head_loss(logits, examples, None).item() == pytest.approx(expected, rel=1e-6)
+    # weights (w_high=3, w_low=1): targets 1.0 and 0.5 are "high"
+    weighted = (3 * math.log1p(math.exp(-2)) + 1 * math.log1p(math.exp(-1)) + 3 * math.log(2)) / 3
+    assert head_loss(logits, examples, (3.0, 1.0)).item() == pytest.approx(weighted, rel=1e-6)
+
+
+@pytest.fixture
+def policy_dir(tmp_path):
+    tok = build_char_tokenizer()
+    save_policy(build_tiny_llama(tok, TINY, seed=0), tok, tmp_path / "policy")
+    return tmp_path / "policy"
+
+
+def mc_row(tok):
+    response = "3+4=7\n7*2=4\n#### 4"
+    ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return {"prompt": "3+4*2=?\n", "response_ids": ids, "step_ends": [6, 12, 18], "outcome": 1,
+            "he": [1, 0, 1], "q_hat": [0.75, 0.0, 1.0], "first_error": None}
+
+
+def test_build_examples_targets_and_positions(policy_dir):
+    rm = HeadRewardModel.init_from_policy(str(policy_dir), "prm")
+    row = mc_row(rm.tokenizer)
+    p = len("3+4*2=?\n")  # one token per character
+    orm, = build_examples([row], rm.tokenizer, "orm")
+    assert orm["positions"] == [p + 18 - 1] and orm["targets"] == [1.0]  # last step's final token
+    he, = build_examples([row], rm.tokenizer, "prm", "he")
+    assert he["positions"] == [p + 5, p + 11, p + 17] and he["targets"] == [1.0, 0.0, 1.0]
+    se, = build_examples([row], rm.tokenizer, "prm", "se")
+    pav, = build_examples([row], rm.tokenizer, "pav")
+    assert se["targets"] == pav["targets"] == [0.75, 0.0, 1.0]
+
+
+def test_scoring_interface_save_load_roundtrip_and_pav(policy_dir, tmp_path):
+    rm = HeadRewardModel.init_from_policy(str(policy_dir), "pav", {"prover_k": 4, "alpha": 0.5})
+    ex = build_examples([mc_row(rm.tokenizer)] * 3, rm.tokenizer, None)
+    probs = rm.head_probs(ex)
+    scores = rm.step_scores(ex, batch_size=2)  # batching must not change scores
+    assert len(scores) == 3 and all(len(s) == 3 for s in scores)
+    v0, q = probs[0]
+    assert scores[0] == pytest.approx(pav_effective_rewards(v0, q, 4, 0.5))
+    assert scores[1] == pytest.approx(scores[0], abs=1e-6)
+    rm.save(tmp_path / "rm")
+    again = HeadRewardModel.load(tmp_path / "rm")
+    assert again.kind == "pav" and again.meta["prover_k"] == 4
+    flat = [x for s in scores for x in s]
+    assert [x for s in again.step_scores(ex) for x in s] == pytest.approx(flat, abs=1e-6)
+    assert again.solution_scores(ex, "min") == pytest.approx([min(s) for s in scores], abs=1e-6)
+
+
+def test_unknown_kind_is_rejected(policy_dir):
+    with pytest.raises(ValueError, match="orm"):
+        HeadRewardModel.init_from_policy(str(policy_dir), "value")

@@ -1,0 +1,48 @@
+RM = config["rm"]
+# model name -> (kind, MC-PRM label): every head reward model goes through one rule
+RM_SPECS = {"orm": ("orm", "se"), "prm_he": ("prm", "he"), "prm_se": ("prm", "se"), "pav": ("pav", "se")}
+RM_TRAIN_ROLLOUTS = f"{OUT}/rollouts/{RM['data_policy']}/{config['mc_label']['split']}"
+RM_MC_LABELS = f"{OUT}/mc/{RM['data_policy']}/{config['mc_label']['split']}"
+
+
+def rm_labels(wc):
+    return f"{RM_TRAIN_ROLLOUTS}.jsonl" if RM_SPECS[wc.rm][0] == "orm" else f"{RM_MC_LABELS}.jsonl"
+
+
+def rm_data_cost(wc):
+    """Summaries whose compute produced the training labels (charged as data collection)."""
+    costs = [f"{RM_TRAIN_ROLLOUTS}.summary.json"]
+    if RM_SPECS[wc.rm][0] != "orm":
+        costs.append(f"{RM_MC_LABELS}.summary.json")
+    return costs
+
+
+rule train_rm:
+    """Train one head reward model (ORM / MC-PRM HE / MC-PRM SE / PAV); AUROC on held-out rollouts."""
+    input:
+        labels=rm_labels,
+        cost=rm_data_cost,
+        heldout=f"{OUT}/rollouts/{RM['data_policy']}/{RM['heldout_split']}.jsonl",
+        policy=policy_input(RM["init_policy"]),
+    output:
+        model=directory(f"{OUT}/rm/{{rm}}/model"),
+        metrics=f"{OUT}/rm/{{rm}}/metrics.json",
+    wildcard_constraints:
+        rm="|".join(RM_SPECS),
+    params:
+        cfg=cfg_json("rm", "seed"),
+        kind=lambda wc: RM_SPECS[wc.rm][0],
+        label=lambda wc: RM_SPECS[wc.rm][1],
+        policy=policy_dir(RM["init_policy"]),
+        out=f"{OUT}/rm/{{rm}}",
+    log:
+        f"{OUT}/logs/train_rm/{{rm}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_rm/{{rm}}.tsv"
+    threads: res("train_rm")["threads"]
+    resources:
+        **resources_of("train_rm"),
+    shell:
+        "{PY} -m pipeline.train_rm --cfg {params.cfg} --kind {params.kind} --prm-label {params.label} "
+        "--labels {input.labels} --policy {params.policy} --heldout {input.heldout} --data-cost {input.cost} "
+        "--out {params.out} --threads {threads} > {log} 2>&1"
