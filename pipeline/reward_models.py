@@ -12,8 +12,10 @@ mean / product). Verifier evaluation and RL use only this interface.
 - PAV's score of step h is its effective reward Q^pi_h + alpha * A^mu_h, where A^mu is the
   advantage under a Best-of-K prover computed from the predicted Q (Q_0 = the head at the
   prompt's last token, i.e. V(x)).
-The implicit PRM (a causal LM with a reference model; rewards and losses in rm_losses.py)
-joins this interface in issue 3's next step.
+- Implicit PRM: a causal LM pi_phi initialised from a policy, with a frozen reference pi_ref
+  (the same policy). Step score = r_h = sum over step h's tokens of beta * log(pi_phi/pi_ref)
+  (rm_losses), trained on outcome labels only; `use_ref=False` scores without the reference.
+`load_reward_model(path)` returns the right class from the saved `rm_meta.json`.
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from .mc_label import best_of_k
-from .scoring import collate
+from .rm_losses import implicit_token_rewards, step_rewards
+from .scoring import collate, join_responses, split_responses, token_logprobs
 from .utils import atomic_dir
 
 HEAD_KINDS = ("orm", "prm", "pav")
@@ -56,6 +59,8 @@ def score_positions(prompt_len: int, step_token_ends: list[int]) -> list[int]:
 
 
 class HeadRewardModel:
+    scores_are_probabilities = True
+
     def __init__(self, model, tokenizer, kind: str, meta: dict):
         if kind not in HEAD_KINDS:
             raise ValueError(f"head reward model kind must be one of {HEAD_KINDS}, got {kind!r}")
@@ -121,3 +126,76 @@ def pav_effective_rewards(v0: float, q: list[float], prover_k: int, alpha: float
     q_bok = [best_of_k(x, prover_k) for x in q]
     prev = [best_of_k(v0, prover_k)] + q_bok[:-1]
     return [qh + alpha * (b - p) for qh, b, p in zip(q, q_bok, prev)]
+
+
+class ImplicitPRM:
+    scores_are_probabilities = False  # step rewards are log-ratios: `product` aggregation does not apply
+
+    def __init__(self, model, ref_model, tokenizer, meta: dict):
+        self.model, self.ref_model, self.tokenizer, self.meta = model, ref_model, tokenizer, meta
+        self.kind, self.beta = "implicit", float(meta["beta"])
+
+    @classmethod
+    def init_from_policy(cls, policy_path: str, meta: dict) -> "ImplicitPRM":
+        """pi_phi and pi_ref both start from the policy (Implicit PRM / PRIME)."""
+        tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=False)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(policy_path, trust_remote_code=False)
+        ref = AutoModelForCausalLM.from_pretrained(policy_path, trust_remote_code=False).eval().requires_grad_(False)
+        return cls(model, ref, tokenizer, {**meta, "ref_policy": policy_path})
+
+    @classmethod
+    def load(cls, path: str | Path, use_ref: bool = True) -> "ImplicitPRM":
+        meta = json.loads((Path(path) / "rm_meta.json").read_text())
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
+        ref = None
+        if use_ref:
+            ref = AutoModelForCausalLM.from_pretrained(meta["ref_policy"], trust_remote_code=False)
+            ref.eval().requires_grad_(False)
+        return cls(model, ref, tokenizer, meta)
+
+    def save(self, out_dir: str | Path) -> None:
+        with atomic_dir(out_dir) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / "rm_meta.json").write_text(json.dumps({**self.meta, "kind": "implicit"}, indent=2, sort_keys=True))
+
+    def response_token_rewards(self, model, examples: list[dict], ref_logps: list[torch.Tensor] | None = None
+                               ) -> list[torch.Tensor]:
+        """beta * (log pi_phi - log pi_ref) per response token, one vector per example (grad flows
+        through `model`). `ref_logps` may carry precomputed reference log-probs."""
+        batch = collate([e["prompt_ids"] for e in examples], [e["response_ids"] for e in examples],
+                        self.tokenizer.pad_token_id)
+        logp = token_logprobs(model, batch)
+        mask = batch["response_mask"].to(logp.device)
+        ref = None
+        if ref_logps is not None:
+            ref = join_responses(ref_logps, batch).to(logp.device)
+        elif self.ref_model is not None:
+            with torch.no_grad():
+                ref = token_logprobs(self.ref_model, batch)
+        return split_responses(implicit_token_rewards(logp, ref, mask, self.beta), batch)
+
+    @torch.no_grad()
+    def step_scores(self, examples: list[dict], batch_size: int = 64) -> list[list[float]]:
+        self.model.eval()
+        out = []
+        for s in range(0, len(examples), batch_size):
+            chunk = examples[s:s + batch_size]
+            for e, tr in zip(chunk, self.response_token_rewards(self.model, chunk)):
+                # the last step runs to the end of the response (EOS included), so the step
+                # rewards sum to the sequence reward r(y) the model was trained on
+                ends = list(e["step_token_ends"][:-1]) + [len(e["response_ids"])]
+                out.append([float(x) for x in step_rewards(tr.float().cpu(), ends)])
+        return out
+
+    def solution_scores(self, examples: list[dict], how: str = "min", batch_size: int = 64) -> list[float]:
+        return [aggregate(s, how) for s in self.step_scores(examples, batch_size)]
+
+
+def load_reward_model(path: str | Path, use_ref: bool = True):
+    """Any trained reward model, by the kind recorded in its rm_meta.json."""
+    kind = json.loads((Path(path) / "rm_meta.json").read_text())["kind"]
+    return ImplicitPRM.load(path, use_ref=use_ref) if kind == "implicit" else HeadRewardModel.load(path)

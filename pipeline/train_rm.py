@@ -1,5 +1,5 @@
-"""Stage: train a head reward model (ORM, MC-PRM on HE or SE labels, PAV) through the shared
-DeepSpeed engine, then measure on held-out rollouts how well its solution scores separate
+"""Stage: train a reward model (ORM, MC-PRM on HE or SE labels, PAV, or an implicit PRM with
+one of its outcome losses) through the shared DeepSpeed engine, then measure on held-out rollouts how well its solution scores separate
 correct from wrong answers (AUROC per aggregation) and, on the testbed, how well its step
 scores match the true prefix correctness.
 
@@ -8,6 +8,10 @@ Targets (all binary cross-entropy on the head's logit at a position):
 - prm: Math-Shepherd HE (0/1) or SE (= Q_hat, soft) at every step end;
 - pav: Q_hat (soft) at every step end, class-balanced around 0.5 so that the many easy,
   near-1 prefixes do not drown the informative ones (METHODS.md, PAV).
+- implicit: the outcome label of each seed rollout through the sequence reward
+  r(y) = beta * log(pi_phi(y)/pi_ref(y)): CE, CE balanced per instruction or per dataset
+  (random filtering of the majority class, as exact weights), DPO and NCA on (correct,
+  incorrect) pairs of one prompt, KTO with the KL reference point from mismatched pairs.
 The artifact records training FLOPs plus the data-collection FLOPs of the labels it used.
 """
 from __future__ import annotations
@@ -25,8 +29,9 @@ from tqdm import tqdm
 from .engine import build_engine
 from .flops import Compute, count_params
 from .metrics import auroc
-from .reward_models import AGGREGATIONS, HeadRewardModel, aggregate, score_positions
-from .scoring import collate
+from .reward_models import AGGREGATIONS, HeadRewardModel, ImplicitPRM, aggregate, score_positions
+from .rm_losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss
+from .scoring import collate, split_responses, token_logprobs
 from .steps import step_token_ends
 from .utils import check_finite, read_json, read_jsonl, seed_everything, stage_parser, start_stage, write_json
 
@@ -79,7 +84,7 @@ def head_loss(logits: torch.Tensor, batch_examples: list[dict], weights: tuple[f
     return F.binary_cross_entropy_with_logits(z, t, weight=w)
 
 
-def heldout_metrics(rm: HeadRewardModel, rows: list[dict], batch_size: int) -> dict:
+def heldout_metrics(rm, rows: list[dict], batch_size: int) -> dict:
     """Solution AUROC (vs outcome) per aggregation and, on the testbed, step AUROC (vs the true
     prefix correctness)."""
     kept = [r for r in rows if r["response_ids"] and r["step_ends"]]
@@ -89,6 +94,8 @@ def heldout_metrics(rm: HeadRewardModel, rows: list[dict], batch_size: int) -> d
     out: dict = {"n_heldout": len(kept), "pass_rate": sum(outcomes) / max(1, len(outcomes))}
     if 0 < sum(outcomes) < len(outcomes):
         for how in AGGREGATIONS:
+            if how == "product" and not rm.scores_are_probabilities:
+                continue
             out[f"auroc_{how}"] = auroc([aggregate(s, how) for s in scores], outcomes)
     if kept and "first_error" in kept[0]:
         step_s, step_t = [], []
@@ -101,9 +108,129 @@ def heldout_metrics(rm: HeadRewardModel, rows: list[dict], batch_size: int) -> d
     return out
 
 
+def train_head(rm: HeadRewardModel, examples: list[dict], rmc: dict, weights, seed: int, kind: str
+               ) -> tuple[list[float], Compute]:
+    bs, epochs = int(rmc["batch_size"]), int(rmc["epochs"])
+    engine = build_engine(rm.model, rmc, total_steps=epochs * -(-len(examples) // bs), micro_batch_size=bs)
+    n_params = count_params(rm.model)
+    compute = Compute()
+    losses: list[float] = []
+    for epoch in range(epochs):
+        order = list(range(len(examples)))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        for s in tqdm(range(0, len(order), bs), desc=f"{kind} epoch {epoch}", mininterval=5):
+            chunk = [examples[i] for i in order[s:s + bs]]
+            batch = collate([e["prompt_ids"] for e in chunk], [e["response_ids"] for e in chunk],
+                            rm.tokenizer.pad_token_id)
+            engine.train()
+            loss = head_loss(rm.position_logits(engine, batch), chunk, weights)
+            check_finite(loss.item(), f"{kind} loss", len(losses))
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+            compute.add_training(n_params, int(batch["attention_mask"].sum()))
+    rm.model = engine.module
+    return losses, compute
+
+
+IMPLICIT_LOSSES = ("ce", "ce_inst", "ce_data", "dpo", "kto", "nca")
+
+
+def implicit_examples(rows: list[dict], tokenizer) -> list[dict]:
+    """Seed rollouts as implicit-PRM data: outcome label, instruction id and dataset name."""
+    base = build_examples(rows, tokenizer, None)
+    kept = [r for r in rows if r["response_ids"] and r["step_ends"]]
+    for e, r in zip(base, kept):
+        e.update(label=float(r["outcome"]), instruction=r["id"], dataset=r.get("source", "all"))
+    return base
+
+
+def preference_pairs(examples: list[dict]) -> list[tuple[int, int]]:
+    """Every (correct, incorrect) pair of responses to the same instruction, in data order."""
+    by_inst: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_inst.setdefault(e["instruction"], []).append(i)
+    return [(w, l) for idx in by_inst.values() for w in idx if examples[w]["label"] == 1
+            for l in idx if examples[l]["label"] == 0]
+
+
+@torch.no_grad()
+def reference_logprobs(prm: ImplicitPRM, examples: list[dict], batch_size: int) -> list[torch.Tensor]:
+    """log pi_ref over each response, computed once: the reference is frozen."""
+    out: list[torch.Tensor] = []
+    for s in range(0, len(examples), batch_size):
+        chunk = examples[s:s + batch_size]
+        batch = collate([e["prompt_ids"] for e in chunk], [e["response_ids"] for e in chunk], prm.tokenizer.pad_token_id)
+        out.extend(v.cpu() for v in split_responses(token_logprobs(prm.ref_model, batch), batch))
+    return out
+
+
+def implicit_loss(prm: ImplicitPRM, model, loss: str, items: list, examples: list[dict], ref: list[torch.Tensor],
+                  weights: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """Loss of one batch: `items` are example indices (CE, KTO) or (chosen, rejected) pairs
+    (DPO, NCA). Returns (loss, tokens that went through the policy)."""
+    def rewards(idx):
+        exs = [examples[i] for i in idx]
+        trs = prm.response_token_rewards(model, exs, [ref[i] for i in idx])
+        return torch.stack([t.sum() for t in trs]), sum(len(e["prompt_ids"]) + len(e["response_ids"]) for e in exs)
+
+    if loss in ("dpo", "nca"):
+        r, n = rewards([w for w, _ in items] + [l for _, l in items])
+        r_w, r_l = r[: len(items)], r[len(items):]
+        return (dpo_loss(r_w, r_l) if loss == "dpo" else nca_loss(r_w, r_l)), n
+    r, n = rewards(items)
+    labels = torch.tensor([examples[i]["label"] for i in items], device=r.device)
+    if loss == "kto":
+        # KL reference point: rewards of mismatched (x_i, y_{i+1}) pairs in the batch (KTO / TRL)
+        mism = [dict(examples[i], response_ids=examples[items[(k + 1) % len(items)]]["response_ids"])
+                for k, i in enumerate(items)]
+        r_mm = torch.stack([t.sum() for t in prm.response_token_rewards(model, mism)])
+        return kto_loss(r, labels, kto_kl_estimate(r_mm)), 2 * n
+    w = weights[items].to(r.device) if weights is not None else None
+    return ce_loss(r, labels, w), n
+
+
+def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str, seed: int) -> tuple[list[float], Compute]:
+    if loss not in IMPLICIT_LOSSES:
+        raise ValueError(f"implicit PRM loss must be one of {IMPLICIT_LOSSES}, got {loss!r}")
+    bs, epochs = int(rmc["batch_size"]), int(rmc["epochs"])
+    n_params = count_params(prm.model)
+    compute = Compute()
+    ref = reference_logprobs(prm, examples, bs)
+    compute.add_scoring(n_params, sum(len(e["prompt_ids"]) + len(e["response_ids"]) for e in examples))
+    items = preference_pairs(examples) if loss in ("dpo", "nca") else list(range(len(examples)))
+    if not items:
+        raise ValueError(f"no training items for implicit loss {loss!r} (no correct/incorrect pairs?)")
+    labels = torch.tensor([e["label"] for e in examples])
+    weights = None
+    if loss == "ce_inst":
+        weights = balanced_ce_weights(labels, [e["instruction"] for e in examples])
+    elif loss == "ce_data":
+        weights = balanced_ce_weights(labels, [e["dataset"] for e in examples])
+    per_batch = max(1, bs // 2) if loss in ("dpo", "nca") else bs  # a pair is two sequences
+    engine = build_engine(prm.model, {**rmc, "lr": rmc.get("implicit_lr", rmc["lr"])},
+                          total_steps=epochs * -(-len(items) // per_batch), micro_batch_size=bs)
+    losses: list[float] = []
+    for epoch in range(epochs):
+        order = list(range(len(items)))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        for s in tqdm(range(0, len(order), per_batch), desc=f"implicit {loss} epoch {epoch}", mininterval=5):
+            batch_items = [items[i] for i in order[s:s + per_batch]]
+            engine.train()
+            value, n_tok = implicit_loss(prm, engine, loss, batch_items, examples, ref, weights)
+            check_finite(value.item(), f"implicit {loss} loss", len(losses))
+            engine.backward(value)
+            engine.step()
+            losses.append(value.item())
+            compute.add_training(n_params, n_tok)
+    prm.model = engine.module
+    return losses, compute
+
+
 def main(argv=None) -> None:
     p = stage_parser(__doc__)
-    p.add_argument("--kind", required=True, choices=["orm", "prm", "pav"])
+    p.add_argument("--kind", required=True, choices=["orm", "prm", "pav", "implicit"])
+    p.add_argument("--loss", default="ce", choices=IMPLICIT_LOSSES, help="implicit PRM training loss")
     p.add_argument("--prm-label", default="se", choices=["he", "se"], help="MC-PRM target: hard or soft estimate")
     p.add_argument("--labels", required=True, help="seed rollouts (orm) or MC labels (prm, pav) JSONL")
     p.add_argument("--policy", required=True, help="policy whose weights initialise the backbone")
@@ -116,35 +243,26 @@ def main(argv=None) -> None:
     t0 = time.time()
     meta = {"prover_k": int(rmc["pav_prover_k"]), "alpha": float(rmc["pav_alpha"]),
             "prm_label": args.prm_label, "init_policy": args.policy}
-    rm = HeadRewardModel.init_from_policy(args.policy, args.kind, meta)
-    examples = build_examples(read_jsonl(args.labels), rm.tokenizer, args.kind, args.prm_label)
-    weights = class_balance_weights([t for e in examples for t in e["targets"]]) if args.kind == "pav" else None
-    bs, epochs = int(rmc["batch_size"]), int(rmc["epochs"])
-    steps = epochs * -(-len(examples) // bs)
-    engine = build_engine(rm.model, rmc, total_steps=steps, micro_batch_size=bs)
-    n_params = count_params(rm.model)
-    train_compute = Compute()
-    losses = []
-    for epoch in range(epochs):
-        order = list(range(len(examples)))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        for s in tqdm(range(0, len(order), bs), desc=f"{args.kind} epoch {epoch}", mininterval=5):
-            chunk = [examples[i] for i in order[s:s + bs]]
-            batch = collate([e["prompt_ids"] for e in chunk], [e["response_ids"] for e in chunk],
-                            rm.tokenizer.pad_token_id)
-            engine.train()
-            loss = head_loss(rm.position_logits(engine, batch), chunk, weights)
-            check_finite(loss.item(), f"{args.kind} loss", len(losses))
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            train_compute.add_training(n_params, int(batch["attention_mask"].sum()))
-    rm.model = engine.module
+    bs = int(rmc["batch_size"])
+    if args.kind == "implicit":
+        meta.update(beta=float(rmc["implicit_beta"]), loss=args.loss)
+        rm = ImplicitPRM.init_from_policy(args.policy, meta)
+        examples = implicit_examples(read_jsonl(args.labels), rm.tokenizer)
+        losses, train_compute = train_implicit(rm, examples, rmc, args.loss, seed)
+        weights = None
+        n_params = count_params(rm.model)
+    else:
+        rm = HeadRewardModel.init_from_policy(args.policy, args.kind, meta)
+        examples = build_examples(read_jsonl(args.labels), rm.tokenizer, args.kind, args.prm_label)
+        weights = class_balance_weights([t for e in examples for t in e["targets"]]) if args.kind == "pav" else None
+        losses, train_compute = train_head(rm, examples, rmc, weights, seed, args.kind)
+        n_params = count_params(rm.model)
     metrics = heldout_metrics(rm, read_jsonl(args.heldout), bs)
     data_compute = Compute()
     for path in args.data_cost:
         data_compute = data_compute.merge(Compute.from_dict(read_json(path)["compute"]))
-    metrics.update(kind=args.kind, n_examples=len(examples), n_targets=sum(len(e["targets"]) for e in examples),
+    metrics.update(kind=args.kind, loss=args.loss if args.kind == "implicit" else "bce", n_examples=len(examples),
+                   n_targets=sum(len(e.get("targets", [0])) for e in examples),
                    final_loss=sum(losses[-10:]) / max(1, len(losses[-10:])), loss_curve=losses,
                    train_flops=train_compute.flops, data_flops=data_compute.flops,
                    total_flops=train_compute.flops + data_compute.flops, n_params=n_params, wall_s=time.time() - t0,

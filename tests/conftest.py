@@ -12,7 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "config" / "smoke.yaml"
 SMOKE_TARGETS = ["results/table2.csv", "results/rollouts/medium/train.jsonl", "results/mc/medium/train.jsonl",
-                 "results/rm/orm/metrics.json", "results/rm/prm_he/metrics.json", "results/rm/pav/metrics.json"]
+                 *[f"results/rm/{m}/metrics.json" for m in ("orm", "prm_he", "prm_se", "pav", "implicit_ce_inst",
+                                                           "implicit_dpo", "implicit_kto")]]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -105,3 +105,74 @@ def test_scoring_interface_save_load_roundtrip_and_pav(policy_dir, tmp_path):
 def test_unknown_kind_is_rejected(policy_dir):
     with pytest.raises(ValueError, match="orm"):
         HeadRewardModel.init_from_policy(str(policy_dir), "value")
+
+
+# ---- implicit PRM -------------------------------------------------------------------------
+
+from pipeline.reward_models import ImplicitPRM, load_reward_model  # noqa: E402
+from pipeline.train_rm import implicit_examples, preference_pairs, train_implicit  # noqa: E402
+
+
+def rollout_row(tok, pid, response, outcome):
+    ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    ends = [i + 1 for i, c in enumerate(response) if c == "\n"] + [len(response)]
+    return {"id": pid, "prompt": "3+4*2=?\n", "response_ids": ids, "step_ends": ends, "outcome": outcome,
+            "first_error": None if outcome else 0}
+
+
+def test_preference_pairs_within_each_instruction():
+    ex = [{"instruction": "a", "label": 1.0}, {"instruction": "a", "label": 0.0}, {"instruction": "b", "label": 0.0},
+          {"instruction": "a", "label": 0.0}, {"instruction": "b", "label": 1.0}]
+    assert preference_pairs(ex) == [(0, 1), (0, 3), (4, 2)]
+
+
+def test_implicit_prm_rewards_are_zero_at_init_and_match_log_ratio(policy_dir, tmp_path):
+    prm = ImplicitPRM.init_from_policy(str(policy_dir), {"beta": 0.05})
+    tok = prm.tokenizer
+    rows = [rollout_row(tok, "a", "3+4=7\n7*2=4\n#### 4", 1), rollout_row(tok, "a", "3+4=8\n8*2=6\n#### 6", 0)]
+    ex = implicit_examples(rows, tok)
+    # pi_phi == pi_ref at initialisation: every step reward is exactly 0
+    assert all(x == 0.0 for s in prm.step_scores(ex) for x in s)
+    # after changing pi_phi, step rewards sum to beta * sum_t (log pi - log pi_ref) of the response
+    with torch.no_grad():
+        for p in prm.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    scores = prm.step_scores(ex)
+    from pipeline.scoring import collate, token_logprobs
+    batch = collate([e["prompt_ids"] for e in ex], [e["response_ids"] for e in ex], tok.pad_token_id)
+    with torch.no_grad():
+        diff = (token_logprobs(prm.model, batch) - token_logprobs(prm.ref_model, batch)) * batch["response_mask"]
+    for b, s in enumerate(scores):
+        assert len(s) == 3
+        assert sum(s) == pytest.approx(0.05 * diff[b].sum().item(), abs=1e-5)
+    # save / load: the same scores; without the reference: beta * log pi_phi
+    prm.save(tmp_path / "implicit")
+    again = load_reward_model(tmp_path / "implicit")
+    assert isinstance(again, ImplicitPRM) and again.meta["ref_policy"] == str(policy_dir)
+    assert [x for s in again.step_scores(ex) for x in s] == pytest.approx([x for s in scores for x in s], abs=1e-6)
+    no_ref = load_reward_model(tmp_path / "implicit", use_ref=False)
+    with torch.no_grad():
+        lp = token_logprobs(no_ref.model, batch) * batch["response_mask"]
+    assert sum(no_ref.step_scores(ex)[0]) == pytest.approx(0.05 * lp[0].sum().item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["ce", "ce_inst", "dpo", "kto", "nca"])
+def test_train_implicit_runs_each_loss_and_moves_rewards_apart(policy_dir, loss):
+    prm = ImplicitPRM.init_from_policy(str(policy_dir), {"beta": 0.5})
+    tok = prm.tokenizer
+    rows = [rollout_row(tok, "a", "3+4=7\n7*2=4\n#### 4", 1), rollout_row(tok, "a", "3+4=8\n8*2=6\n#### 6", 0),
+            rollout_row(tok, "b", "3+4=7\n7*2=4\n#### 4", 1), rollout_row(tok, "b", "3+4=9\n9*2=8\n#### 8", 0)]
+    ex = implicit_examples(rows, tok)
+    rmc = {"batch_size": 4, "epochs": 8, "lr": 0.003, "warmup_steps": 0, "schedule": "constant", "grad_clip": 1.0,
+           "zero_stage": 0, "bf16": False}
+    losses, compute = train_implicit(prm, ex, rmc, loss, seed=0)
+    assert all(math.isfinite(x) for x in losses) and compute.trained_tokens > 0 and compute.scored_tokens > 0
+    assert losses[-1] < losses[0]
+    r = [sum(s) for s in prm.step_scores(ex)]
+    assert min(r[0], r[2]) > max(r[1], r[3])  # correct responses now get the higher sequence reward
+
+
+def test_unknown_implicit_loss_is_rejected(policy_dir):
+    prm = ImplicitPRM.init_from_policy(str(policy_dir), {"beta": 0.05})
+    with pytest.raises(ValueError, match="ce_inst"):
+        train_implicit(prm, [], {"batch_size": 2, "epochs": 1, "lr": 0.1}, "ipo", seed=0)

@@ -81,9 +81,10 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
     assert mc_summary["compute"]["generated_tokens"] > 0 and mc_summary["compute"]["flops"] > 0
 
     # head reward models: trained, scored on held-out rollouts, compute charged
-    for name in ("orm", "prm_he", "pav"):
+    for name in cfg["rm"]["models"]:
         m = json.loads((res / "rm" / name / "metrics.json").read_text())
-        assert {"auroc_min", "auroc_last", "auroc_mean", "auroc_product", "step_auroc"} <= set(m)
+        assert {"auroc_min", "auroc_last", "auroc_mean", "step_auroc"} <= set(m)
+        assert ("auroc_product" in m) == (not name.startswith("implicit"))  # implicit scores are log-ratios
         assert m["train_flops"] > 0 and m["total_flops"] == pytest.approx(m["train_flops"] + m["data_flops"])
         assert (res / "rm" / name / "model" / "rm_meta.json").exists()
     orm_cost = json.loads((res / "rm" / "orm" / "metrics.json").read_text())["data_flops"]
@@ -121,17 +122,17 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     # a rollouts knob: the rollouts and the MC labels built on them
     ro_change = overlay(tmp_path, "ro", {"rollouts": {"n_samples": 3}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ro_change)) == {
-        "rollouts": 2, "mc_label": 1, "train_rm": 3}  # train and held-out rollouts
+        "rollouts": 2, "mc_label": 1, "train_rm": 7}  # train and held-out rollouts
     # an MC knob: the labelling and the reward models trained on its labels (not the ORM)
     mc_change = overlay(tmp_path, "mc", {"mc_label": {"n_mc": 3}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(mc_change)) == {"mc_label": 1, "train_rm": 2}
-    # a reward-model knob: the three reward models only
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(mc_change)) == {"mc_label": 1, "train_rm": 3}
+    # a reward-model knob: the reward models only
     rm_change = overlay(tmp_path, "rm", {"rm": {"lr": 0.001}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rm_change)) == {"train_rm": 3}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rm_change)) == {"train_rm": 7}
     # an SFT knob: everything downstream of SFT, but not data prep
     sft_change = overlay(tmp_path, "sft", {"sft": {"lr": 0.002}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(sft_change)) == {
-        "sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 3, "rl": 2, "evaluate": 3, "table2": 1}
+        "sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 7, "rl": 2, "evaluate": 3, "table2": 1}
 
 
 def test_two_clean_runs_give_identical_tables(smoke_dir, tmp_path):

@@ -1,24 +1,28 @@
 RM = config["rm"]
-# model name -> (kind, MC-PRM label): every head reward model goes through one rule
-RM_SPECS = {"orm": ("orm", "se"), "prm_he": ("prm", "he"), "prm_se": ("prm", "se"), "pav": ("pav", "se")}
+# model name -> (kind, MC-PRM label, implicit loss): every reward model goes through one rule
+RM_SPECS = {"orm": ("orm", "se", "ce"), "prm_he": ("prm", "he", "ce"), "prm_se": ("prm", "se", "ce"),
+            "pav": ("pav", "se", "ce")}
+RM_SPECS.update({f"implicit_{loss}": ("implicit", "se", loss)
+                 for loss in ("ce", "ce_inst", "ce_data", "dpo", "kto", "nca")})
+OUTCOME_LABELLED = ("orm", "implicit")  # trained on seed rollouts' outcomes, not on MC labels
 RM_TRAIN_ROLLOUTS = f"{OUT}/rollouts/{RM['data_policy']}/{config['mc_label']['split']}"
 RM_MC_LABELS = f"{OUT}/mc/{RM['data_policy']}/{config['mc_label']['split']}"
 
 
 def rm_labels(wc):
-    return f"{RM_TRAIN_ROLLOUTS}.jsonl" if RM_SPECS[wc.rm][0] == "orm" else f"{RM_MC_LABELS}.jsonl"
+    return f"{RM_TRAIN_ROLLOUTS}.jsonl" if RM_SPECS[wc.rm][0] in OUTCOME_LABELLED else f"{RM_MC_LABELS}.jsonl"
 
 
 def rm_data_cost(wc):
     """Summaries whose compute produced the training labels (charged as data collection)."""
     costs = [f"{RM_TRAIN_ROLLOUTS}.summary.json"]
-    if RM_SPECS[wc.rm][0] != "orm":
+    if RM_SPECS[wc.rm][0] not in OUTCOME_LABELLED:
         costs.append(f"{RM_MC_LABELS}.summary.json")
     return costs
 
 
 rule train_rm:
-    """Train one head reward model (ORM / MC-PRM HE / MC-PRM SE / PAV); AUROC on held-out rollouts."""
+    """Train one reward model (ORM / MC-PRM HE, SE / PAV / implicit PRM x loss); AUROC on held-out rollouts."""
     input:
         labels=rm_labels,
         cost=rm_data_cost,
@@ -33,6 +37,7 @@ rule train_rm:
         cfg=cfg_json("rm", "seed"),
         kind=lambda wc: RM_SPECS[wc.rm][0],
         label=lambda wc: RM_SPECS[wc.rm][1],
+        loss=lambda wc: RM_SPECS[wc.rm][2],
         policy=policy_dir(RM["init_policy"]),
         out=f"{OUT}/rm/{{rm}}",
     log:
@@ -43,6 +48,6 @@ rule train_rm:
     resources:
         **resources_of("train_rm"),
     shell:
-        "{PY} -m pipeline.train_rm --cfg {params.cfg} --kind {params.kind} --prm-label {params.label} "
+        "{PY} -m pipeline.train_rm --cfg {params.cfg} --kind {params.kind} --prm-label {params.label} --loss {params.loss} "
         "--labels {input.labels} --policy {params.policy} --heldout {input.heldout} --data-cost {input.cost} "
         "--out {params.out} --threads {threads} > {log} 2>&1"
