@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
-from .mc_label import best_of_k
+from .mc_label import best_of_k, step_advantages
 from .rm_losses import implicit_token_rewards, step_rewards
 from .scoring import collate, join_responses, split_responses, token_logprobs
 from .utils import atomic_dir
@@ -117,15 +117,23 @@ class HeadRewardModel:
         k, alpha = int(self.meta["prover_k"]), float(self.meta["alpha"])
         return [pav_effective_rewards(v0, q, k, alpha) for v0, q in probs]
 
+    def pav_terms(self, examples: list[dict], batch_size: int = 64) -> list[dict]:
+        """PAV's parts per step: Q^pi (the head) and A^mu under the Best-of-K prover."""
+        k = int(self.meta["prover_k"])
+        out = []
+        for v0, q in self.head_probs(examples, batch_size):
+            q_bok = [best_of_k(x, k) for x in q]
+            out.append({"q": q, "v0": v0, "a_prover": step_advantages(q_bok, best_of_k(v0, k))})
+        return out
+
     def solution_scores(self, examples: list[dict], how: str = "min", batch_size: int = 64) -> list[float]:
         return [aggregate(s, how) for s in self.step_scores(examples, batch_size)]
 
 
 def pav_effective_rewards(v0: float, q: list[float], prover_k: int, alpha: float) -> list[float]:
     """Q^pi_h + alpha * (Q^BoK_h - Q^BoK_{h-1}), with Q^BoK_0 from V(x) = v0 (PAV, METHODS.md)."""
-    q_bok = [best_of_k(x, prover_k) for x in q]
-    prev = [best_of_k(v0, prover_k)] + q_bok[:-1]
-    return [qh + alpha * (b - p) for qh, b, p in zip(q, q_bok, prev)]
+    a_prover = step_advantages([best_of_k(x, prover_k) for x in q], best_of_k(v0, prover_k))
+    return [qh + alpha * a for qh, a in zip(q, a_prover)]
 
 
 class ImplicitPRM:

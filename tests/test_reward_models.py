@@ -94,6 +94,9 @@ def test_scoring_interface_save_load_roundtrip_and_pav(policy_dir, tmp_path):
     v0, q = probs[0]
     assert scores[0] == pytest.approx(pav_effective_rewards(v0, q, 4, 0.5))
     assert scores[1] == pytest.approx(scores[0], abs=1e-6)
+    terms = rm.pav_terms(ex)[0]  # Q^pi and A^mu separately: Q + 0.5 A is the effective reward
+    assert terms["q"] == pytest.approx(q) and terms["v0"] == pytest.approx(v0)
+    assert [a + 0.5 * b for a, b in zip(terms["q"], terms["a_prover"])] == pytest.approx(scores[0])
     rm.save(tmp_path / "rm")
     again = HeadRewardModel.load(tmp_path / "rm")
     assert again.kind == "pav" and again.meta["prover_k"] == 4
