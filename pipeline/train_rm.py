@@ -108,27 +108,38 @@ def heldout_metrics(rm, rows: list[dict], batch_size: int) -> dict:
     return out
 
 
+def run_training(engine, n_items: int, per_batch: int, epochs: int, seed: int, desc: str, batch_loss,
+                 compute: Compute, n_params: int) -> list[float]:
+    """The loop every reward model shares: shuffled epochs (the order is a function of the
+    epoch), one engine step per batch, NaN/inf check. `batch_loss(indices)` returns (loss,
+    tokens trained)."""
+    losses: list[float] = []
+    for epoch in range(epochs):
+        order = list(range(n_items))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        for s in tqdm(range(0, n_items, per_batch), desc=f"{desc} epoch {epoch}", mininterval=5):
+            engine.train()
+            loss, n_tok = batch_loss(order[s:s + per_batch])
+            check_finite(loss.item(), f"{desc} loss", len(losses))
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+            compute.add_training(n_params, n_tok)
+    return losses
+
+
 def train_head(rm: HeadRewardModel, examples: list[dict], rmc: dict, weights, seed: int, kind: str
                ) -> tuple[list[float], Compute]:
     bs, epochs = int(rmc["batch_size"]), int(rmc["epochs"])
     engine = build_engine(rm.model, rmc, total_steps=epochs * -(-len(examples) // bs), micro_batch_size=bs)
-    n_params = count_params(rm.model)
     compute = Compute()
-    losses: list[float] = []
-    for epoch in range(epochs):
-        order = list(range(len(examples)))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        for s in tqdm(range(0, len(order), bs), desc=f"{kind} epoch {epoch}", mininterval=5):
-            chunk = [examples[i] for i in order[s:s + bs]]
-            batch = collate([e["prompt_ids"] for e in chunk], [e["response_ids"] for e in chunk],
-                            rm.tokenizer.pad_token_id)
-            engine.train()
-            loss = head_loss(rm.position_logits(engine, batch), chunk, weights)
-            check_finite(loss.item(), f"{kind} loss", len(losses))
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            compute.add_training(n_params, int(batch["attention_mask"].sum()))
+
+    def batch_loss(idx):
+        chunk = [examples[i] for i in idx]
+        batch = collate([e["prompt_ids"] for e in chunk], [e["response_ids"] for e in chunk], rm.tokenizer.pad_token_id)
+        return head_loss(rm.position_logits(engine, batch), chunk, weights), int(batch["attention_mask"].sum())
+
+    losses = run_training(engine, len(examples), bs, epochs, seed, kind, batch_loss, compute, count_params(rm.model))
     rm.model = engine.module
     return losses, compute
 
@@ -210,19 +221,9 @@ def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str,
     per_batch = max(1, bs // 2) if loss in ("dpo", "nca") else bs  # a pair is two sequences
     engine = build_engine(prm.model, {**rmc, "lr": rmc.get("implicit_lr", rmc["lr"])},
                           total_steps=epochs * -(-len(items) // per_batch), micro_batch_size=bs)
-    losses: list[float] = []
-    for epoch in range(epochs):
-        order = list(range(len(items)))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        for s in tqdm(range(0, len(order), per_batch), desc=f"implicit {loss} epoch {epoch}", mininterval=5):
-            batch_items = [items[i] for i in order[s:s + per_batch]]
-            engine.train()
-            value, n_tok = implicit_loss(prm, engine, loss, batch_items, examples, ref, weights)
-            check_finite(value.item(), f"implicit {loss} loss", len(losses))
-            engine.backward(value)
-            engine.step()
-            losses.append(value.item())
-            compute.add_training(n_params, n_tok)
+    losses = run_training(engine, len(items), per_batch, epochs, seed, f"implicit {loss}",
+                          lambda idx: implicit_loss(prm, engine, loss, [items[i] for i in idx], examples, ref, weights),
+                          compute, n_params)
     prm.model = engine.module
     return losses, compute
 
