@@ -13,6 +13,7 @@ checkpoint in charge.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import math
 import os
 import random
 import shutil
-import socket
+import tempfile
 from pathlib import Path
 
 import torch
@@ -30,26 +31,31 @@ from .utils import read_json, write_json
 log = logging.getLogger("pipeline.engine")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> None:
-    """Initialise torch.distributed for DeepSpeed. Single-process runs get a private port
-    so two jobs on one node (e.g. -c2 running RLOO and GRPO side by side) never collide."""
+    """Initialise torch.distributed for DeepSpeed.
+
+    Under a launcher (`deepspeed`, `torchrun`, SLURM) RANK/WORLD_SIZE/MASTER_* are set and the
+    usual env rendezvous is used. A plain single-process run rendezvouses through a private
+    temporary file instead of a TCP port, so two jobs on one node (-c2 running RLOO and GRPO
+    side by side) can never race for the same port."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    if "RANK" in os.environ:
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        return
+    # DeepSpeed checks these are set (else it tries MPI discovery); the file rendezvous ignores them
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="0")
+    fd, path = tempfile.mkstemp(prefix="ds_rendezvous_")
+    os.close(fd)
+    os.unlink(path)  # FileStore creates it; unique name per process
+    atexit.register(lambda: os.path.exists(path) and os.unlink(path))
+    deepspeed.init_distributed(dist_backend=backend, verbose=False, init_method=f"file://{path}", rank=0,
+                               world_size=1)
 
 
 def lr_lambda(warmup: int, total: int, schedule: str):
