@@ -103,17 +103,16 @@ def main(argv=None) -> None:
         t_it = time.time()
         rng = random.Random(seed * 1_000_003 + it)  # prompts are a function of the iteration
         records = [train[i] for i in rng.sample(range(len(train)), P)]
-        before = Compute.from_dict(sampler.compute.to_dict())
-        gens = sampler.generate([format_prompt(r, task_cfg) for r in records], n=K,
-                                temperature=float(rl["temperature"]), max_new_tokens=int(samp["max_new_tokens"]),
-                                seed=seed * 7_919 + it)
-        sampled = Compute(**{k: v - getattr(before, k) for k, v in sampler.compute.to_dict().items() if k != "extra"})
-        compute = compute.merge(sampled)
+        prompts = [format_prompt(r, task_cfg) for r in records]
+        sampler.compute = Compute()  # this iteration's sampling cost
+        gens = sampler.generate(prompts, n=K, temperature=float(rl["temperature"]),
+                                max_new_tokens=int(samp["max_new_tokens"]), seed=seed * 7_919 + it)
+        compute = compute.merge(sampler.compute)
         rewards = torch.tensor([[float(judge(r, g.text, task_cfg)["outcome"]) for g in gs]
                                 for r, gs in zip(records, gens)])
         adv = compute_advantages(algo, rewards).flatten()
-        prompt_ids = [tokenizer(format_prompt(r, task_cfg), add_special_tokens=False)["input_ids"]
-                      for r in records for _ in range(K)]
+        encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]  # once per prompt, K samples share it
+        prompt_ids = [ids for ids in encoded for _ in range(K)]
         response_ids = [g.token_ids for gs in gens for g in gs]
         n_tokens = sum(len(a) + len(b) for a, b in zip(prompt_ids, response_ids))
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "config" / "smoke.yaml"
@@ -35,3 +36,18 @@ def run_smoke(workdir: Path) -> Path:
 @pytest.fixture(scope="session")
 def smoke_dir(tmp_path_factory) -> Path:
     return run_smoke(tmp_path_factory.mktemp("smoke_a"))
+
+
+def scaled_tiny_llama(tok, model_cfg: dict, seed: int = 0, scale: float = 0.3):
+    """A tiny Llama whose matrices are redrawn with std `scale`: the default init (std 0.02)
+    gives near-uniform logits, so greedy decoding repeats one character and per-position
+    log-probs barely differ; larger weights make outputs prompt-dependent, so bugs show."""
+    from pipeline.modeling import build_tiny_llama
+
+    m = build_tiny_llama(tok, model_cfg, seed=seed)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return m

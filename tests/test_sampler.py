@@ -7,8 +7,10 @@ import types
 from types import SimpleNamespace
 
 import pytest
+
 import torch
 
+from conftest import scaled_tiny_llama
 from pipeline.flops import count_params
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama
 from pipeline.sampler import Generation, HFSampler, VLLMSampler, _strip_after_eos, make_sampler
@@ -24,15 +26,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def model(tok):
-    m = build_tiny_llama(tok, TINY, seed=0)
-    # the default init (std 0.02) is near-uniform and greedy decoding just repeats one
-    # character; larger weights give varied, prompt-dependent outputs
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return m
+    return scaled_tiny_llama(tok, TINY)
 
 
 def sampler(model, tok, batch_size=4):

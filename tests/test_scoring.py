@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import pytest
+
 import torch
 import torch.nn.functional as F
 
-from pipeline.modeling import build_char_tokenizer, build_tiny_llama
+from conftest import scaled_tiny_llama
+from pipeline.modeling import build_char_tokenizer
 from pipeline.scoring import collate, join_responses, split_responses, token_logprobs
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 64}
@@ -13,16 +15,7 @@ TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads"
 
 @pytest.fixture(scope="module")
 def model():
-    tok = build_char_tokenizer()
-    m = build_tiny_llama(tok, TINY, seed=0)
-    # the default init (std 0.02) gives near-uniform logits; larger weights make the
-    # per-position log-probs differ enough that misalignment would show
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return m.eval()
+    return scaled_tiny_llama(build_char_tokenizer(), TINY).eval()
 
 
 def test_collate_by_hand():
