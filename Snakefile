@@ -16,11 +16,15 @@ include: "workflow/rules/reward_models.smk"
 include: "workflow/rules/rl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
+include: "workflow/rules/verify.smk"
 
 
 rule all:
     default_target: True
     input:
+        f"{OUT}/table1.csv",
         f"{OUT}/table2.csv",
+        f"{OUT}/table3.csv",
+        f"{OUT}/table4.csv" if config["task"]["name"] == "arith" else [],
         f"{OUT}/mc/{config['mc_label']['seed_policy']}/{config['mc_label']['split']}.jsonl",
         expand(f"{OUT}/rm/{{rm}}/metrics.json", rm=config["rm"]["models"]),

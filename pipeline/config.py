@@ -91,6 +91,28 @@ def semantic_problems(cfg: dict) -> list[str]:
                         "that rollouts.n_prompts samples")
     if cfg["rm"]["heldout_split"] not in splits:
         problems.append(f"config key rm.heldout_split: split {cfg['rm']['heldout_split']!r} not in {splits}")
+    vc = cfg["verify"]
+    for g in vc["generators"]:
+        if g not in names:
+            problems.append(f"config key verify.generators: unknown policy {g!r} (known: {sorted(names)})")
+    if vc["split"] not in splits:
+        problems.append(f"config key verify.split: split {vc['split']!r} not in {splits}")
+    if max(vc["n_values"]) > vc["pool_size"]:
+        problems.append(f"config key verify.n_values: N = {max(vc['n_values'])} exceeds verify.pool_size "
+                        f"({vc['pool_size']})")
+    if vc["calib_split"] not in splits:
+        problems.append(f"config key verify.calib_split: split {vc['calib_split']!r} not in {splits}")
+    sc, rm_models = cfg["search"], cfg["rm"]["models"]
+    if sc["policy"] not in vc["generators"]:
+        problems.append(f"config key search.policy: {sc['policy']!r} has no pool to compare with; add it to "
+                        f"verify.generators {vc['generators']}")
+    for v in sc["verifiers"]:
+        if v not in rm_models:
+            problems.append(f"config key search.verifiers: {v!r} is not a trained reward model (rm.models)")
+    if "orm" not in rm_models:
+        problems.append("config key rm.models: the ORM ('orm') is needed: it picks best-of-N and beam answers")
+    if sc.get("alpha") is not None and any(not v.startswith("pav") for v in sc["verifiers"]):
+        problems.append("config key search.alpha: applies to PAV verifiers only")
     for need in ("train", "val"):
         if need not in splits:
             problems.append(f"config key task.sources: RL needs a {need!r} split")

@@ -9,6 +9,18 @@ step we store:
   both for mu itself (`adv`) and for the Best-of-K prover (`adv_bok`).
 The last step of a finished response needs no sampling: its Q is the response's outcome.
 
+Seed selection (`mc_label.seed_selection`):
+- `random`: n_cov seed rollouts per prompt drawn uniformly (seeded) from those sampled, every
+  step boundary labelled in one batched pass.
+- `first_pit` (Self-Explore's "first pit", the strategy of PAV's final data): the same seeds,
+  but labelled step by step in rounds, and a seed stops at its first pit, the first prefix
+  from which none of the n_mc completions reaches the answer. Its later steps are labelled
+  Q_hat = 0 without sampling (their prefix contains the pit; the convention of Math-Shepherd
+  and PRM800K that everything after the first mistake is wrong), except an exact last step.
+  This spends the completions before and at the mistake instead of after it. The rows say
+  which steps were sampled (`mc_sampled`). Our reading of the papers: PAV cites the strategy
+  without spelling it out.
+
 Completions of one prefix share its computation (`Sampler.generate_from_prefixes`: one
 prefill and a copied KV cache on the HF backend, prefix caching on vLLM). Every generated
 and prefilled token is counted as the data-collection cost of the models trained on this.
@@ -18,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
+import random
 from collections import defaultdict
 from pathlib import Path
 
@@ -89,14 +102,44 @@ def agreement_table(rows: list[dict]) -> pd.DataFrame:
 
 # ---- the stage ----
 
-def select_seeds(rollouts: list[dict], n_prompts: int, n_cov: int) -> list[dict]:
-    """The first `n_cov` seed rollouts of each of the first `n_prompts` prompts (the samples
-    are i.i.d., so the first n_cov are a random selection)."""
+SEED_SELECTIONS = ("random", "first_pit")
+
+
+def select_seeds(rollouts: list[dict], n_prompts: int, n_cov: int, seed: int = 0) -> list[dict]:
+    """`n_cov` seed rollouts of each of the first `n_prompts` prompts, drawn uniformly without
+    replacement (seeded by the prompt id, so adding prompts does not reshuffle the others), in
+    sample order."""
     by_id: dict[str, list[dict]] = defaultdict(list)
     for r in rollouts:
         by_id[r["id"]].append(r)
-    ids = list(by_id)[:n_prompts]
-    return [r for i in ids for r in sorted(by_id[i], key=lambda r: r["sample_idx"])[:n_cov]]
+    out = []
+    for pid in list(by_id)[:n_prompts]:
+        pool = sorted(by_id[pid], key=lambda r: r["sample_idx"])
+        picked = sorted(random.Random(f"{seed}/{pid}").sample(range(len(pool)), min(n_cov, len(pool))))
+        out.extend(pool[i] for i in picked)
+    return out
+
+
+def first_pit(n_correct: list[int | None]) -> int | None:
+    """Index of the first sampled step whose completions all failed (None: no pit)."""
+    return next((h for h, c in enumerate(n_correct) if c == 0), None)
+
+
+def fill_after_pit(n_correct: list[int | None], outcome: int, n_mc: int, finished: bool) -> list[int]:
+    """Counts for every step: steps after the first pit get 0 (the pit convention); the last step
+    of a finished response is exact (outcome * n_mc); unsampled steps before a pit cannot occur."""
+    pit = first_pit(n_correct)
+    out = []
+    for h, c in enumerate(n_correct):
+        if finished and h == len(n_correct) - 1:
+            out.append(outcome * n_mc)
+        elif c is not None:
+            out.append(c)
+        elif pit is not None and h > pit:
+            out.append(0)
+        else:
+            raise ValueError(f"step {h} has no MC count and no pit before it")
+    return out
 
 
 def main(argv=None) -> None:
@@ -107,53 +150,74 @@ def main(argv=None) -> None:
     args, cfg = start_stage(p, argv)
     mc, task_cfg, samp = cfg["mc_label"], cfg["task"], cfg["sampling"]
     n_mc, k = int(mc["n_mc"]), int(mc["prover_k"])
+    how = mc.get("seed_selection", "random")
+    if how not in SEED_SELECTIONS:
+        raise SystemExit(f"config key mc_label.seed_selection: {how!r} is not one of {SEED_SELECTIONS}")
     t0 = time.time()
-    seeds = select_seeds(read_jsonl(args.rollouts), int(mc["n_prompts"]), int(mc["n_cov"]))
+    seeds = select_seeds(read_jsonl(args.rollouts), int(mc["n_prompts"]), int(mc["n_cov"]), int(cfg["seed"]))
     sampler = make_sampler(samp, model_path=args.completer)
     tokenizer = sampler.tokenizer
-
-    # prefixes: the bare prompt once per prompt (V(x)), then prompt + steps 1..h for h < H
-    prompt_ids = {r["id"]: tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in seeds}
-    prefixes, owners = [], []  # owners[i] = (seed index or None, step h, prompt id)
-    for pid, ids in prompt_ids.items():
-        prefixes.append(ids)
-        owners.append((None, -1, pid))
-    for i, r in enumerate(seeds):
-        r["step_token_ends"] = step_token_ends(tokenizer, r["response_ids"], r["step_ends"])
-        last = len(r["steps"]) - 1 if r["finished"] else len(r["steps"])
-        for h in range(last):
-            prefixes.append(prompt_ids[r["id"]] + r["response_ids"][: r["step_token_ends"][h]])
-            owners.append((i, h, r["id"]))
-    log.info("%d seed rollouts, %d prefixes x %d completions", len(seeds), len(prefixes), n_mc)
-    gens = sampler.generate_from_prefixes(prefixes, n=n_mc, temperature=float(mc["temperature"]),
-                                          max_new_tokens=int(samp["max_new_tokens"]), seed=int(cfg["seed"]),
-                                          share_prefix=bool(mc.get("share_prefix", True)), desc="mc completions")
-
     answers = {r["id"]: r["answer"] for r in seeds}
+    prompt_ids = {r["id"]: tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in seeds}
+    n_sampled = []  # per seed: the steps that need completions (all but an exact last step)
+    for r in seeds:
+        r["step_token_ends"] = step_token_ends(tokenizer, r["response_ids"], r["step_ends"])
+        n_sampled.append(len(r["steps"]) - 1 if r["finished"] else len(r["steps"]))
+
+    def label(owners: list[tuple], round_idx: int, desc: str) -> list[int]:
+        """Correct completions out of n_mc for each (seed index or None, step h, prompt id)."""
+        prefixes = [prompt_ids[pid] + ([] if i is None else seeds[i]["response_ids"][: seeds[i]["step_token_ends"][h]])
+                    for i, h, pid in owners]
+        gens = sampler.generate_from_prefixes(prefixes, n=n_mc, temperature=float(mc["temperature"]),
+                                              max_new_tokens=int(samp["max_new_tokens"]),
+                                              seed=int(cfg["seed"]) + 7919 * round_idx,
+                                              share_prefix=bool(mc.get("share_prefix", True)), desc=desc)
+        out = []
+        for (i, h, pid), prefix, completions in zip(owners, prefixes, gens):
+            n_prompt = len(prompt_ids[pid])
+            out.append(sum(judge({"answer": answers[pid]}, tokenizer.decode(prefix[n_prompt:] + g.token_ids,
+                                                                             skip_special_tokens=True), task_cfg)["outcome"]
+                           for g in completions))
+        return out
+
+    # the bare prompt once per prompt (V(x)), then prompt + steps 1..h
+    v_owners = [(None, -1, pid) for pid in prompt_ids]
+    counts: list[list[int | None]] = [[None] * len(r["steps"]) for r in seeds]
+    if how == "random":  # every boundary in one batched pass
+        owners = v_owners + [(i, h, r["id"]) for i, r in enumerate(seeds) for h in range(n_sampled[i])]
+        log.info("%d seed rollouts, %d prefixes x %d completions", len(seeds), len(owners), n_mc)
+        results = label(owners, 0, "mc completions")
+    else:  # first pit: round h labels step h of every seed that has not hit its pit yet
+        owners, results, rnd = list(v_owners), [], 0
+        results += label(v_owners, rnd, "mc V(x)")
+        live = [i for i in range(len(seeds)) if n_sampled[i] > 0]
+        while live:
+            rnd += 1
+            batch = [(i, rnd - 1, seeds[i]["id"]) for i in live]
+            got = label(batch, rnd, f"mc step {rnd}")
+            owners += batch
+            results += got
+            live = [i for i, c in zip(live, got) if c > 0 and rnd < n_sampled[i]]
+            log.info("round %d: %d prefixes labelled, %d seeds still before their first pit", rnd, len(batch), len(live))
     v0_correct: dict[str, int] = {}
-    counts = [[None] * len(r["steps"]) for r in seeds]
-    for (i, h, pid), prefix, completions in zip(owners, prefixes, gens):
-        n_prompt = len(prompt_ids[pid])
-        correct = 0
-        for g in completions:
-            text = tokenizer.decode(prefix[n_prompt:] + g.token_ids, skip_special_tokens=True)
-            correct += judge({"answer": answers[pid]}, text, task_cfg)["outcome"]
+    for (i, h, pid), c in zip(owners, results):
         if i is None:
-            v0_correct[pid] = correct
+            v0_correct[pid] = c
         else:
-            counts[i][h] = correct
+            counts[i][h] = c
     rows = []
     for i, r in enumerate(seeds):
-        n_correct = [c if c is not None else r["outcome"] * n_mc for c in counts[i]]  # exact last step
+        n_correct = fill_after_pit(counts[i], r["outcome"], n_mc, bool(r["finished"]))
         row = {key: r[key] for key in ("id", "sample_idx", "policy", "prompt", "response", "response_ids", "steps",
-                                        "step_ends", "step_token_ends", "outcome", "answer") if key in r}
+                                        "step_ends", "step_token_ends", "outcome", "answer", "finished") if key in r}
         row.update({key: r[key] for key in ("step_valid", "first_error", "process_correct") if key in r})
-        row.update(n_mc=n_mc, n_correct=n_correct, prover_k=k, **step_labels(n_correct, n_mc, v0_correct[r["id"]], k))
+        row.update(n_mc=n_mc, n_correct=n_correct, mc_sampled=[c is not None for c in counts[i]], prover_k=k,
+                   **step_labels(n_correct, n_mc, v0_correct[r["id"]], k))
         rows.append(row)
     write_jsonl(args.out, rows)
     out = Path(args.out)
-    summary = {"n_seed_rollouts": len(rows), "n_prefixes": len(prefixes), "n_mc": n_mc, "prover_k": k,
-               "compute": sampler.compute.to_dict(), "wall_s": time.time() - t0}
+    summary = {"n_seed_rollouts": len(rows), "n_prefixes": len(owners), "n_mc": n_mc, "prover_k": k,
+               "seed_selection": how, "compute": sampler.compute.to_dict(), "wall_s": time.time() - t0}
     if rows and "first_error" in rows[0]:
         table = agreement_table(rows)
         with atomic_path(out.with_suffix(".agreement.csv")) as tmp:

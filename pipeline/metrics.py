@@ -28,3 +28,16 @@ def auroc(scores, labels) -> float:
     rank_sum = sum(r for r, l in zip(ranks, labels) if l == 1)
     u = rank_sum - len(pos) * (len(pos) + 1) / 2
     return u / (len(pos) * len(neg))
+
+
+def within_group_auroc(scores, labels, groups) -> float | None:
+    """Mean AUROC over groups (prompts) that hold both labels: how well scores rank the samples
+    of one prompt, which is what best-of-N selection needs. A pooled AUROC also rewards telling
+    easy prompts from hard ones. None when no group is mixed."""
+    by: dict = {}
+    for s, l, g in zip(scores, labels, groups):
+        by.setdefault(g, ([], []))
+        by[g][0].append(s)
+        by[g][1].append(l)
+    vals = [auroc(s, l) for s, l in by.values() if 0 < sum(l) < len(l)]
+    return sum(vals) / len(vals) if vals else None

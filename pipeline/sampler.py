@@ -35,8 +35,14 @@ class Sampler:
 
     def generate_from_prefixes(self, prefixes: list[list[int]], n: int = 1, *, temperature: float = 1.0,
                                top_p: float = 1.0, max_new_tokens: int = 64, seed: int = 0, share_prefix: bool = True,
-                               desc: str = "completions") -> list[list[Generation]]:
-        """n continuations of each token-id prefix; the prefix's computation is shared."""
+                               stop: str | None = None, desc: str = "completions") -> list[list[Generation]]:
+        """n continuations of each token-id prefix; the prefix's computation is shared.
+
+        `stop` (a step delimiter such as "\\n"): a continuation also ends once its text contains
+        `stop`, which is kept in the output (one step per call, for step-level search). Such a
+        Generation is not `finished` (that still means "ended with EOS"). A token may carry
+        text past the delimiter (BPE merges such as ".\\nThe"; vLLM also returns the whole last
+        token's id): the caller truncates the text after the first delimiter."""
         raise NotImplementedError
 
 
@@ -48,6 +54,7 @@ class HFSampler(Sampler):
         self.progress = progress
         self.n_params = count_params(model)
         self.compute = Compute()
+        self._stop_cache: dict = {}  # (stop, vocab size, device) -> token masks, see _stop_masks
 
     @torch.no_grad()
     def generate(self, prompts, n=1, *, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0,
@@ -91,13 +98,19 @@ class HFSampler(Sampler):
     @torch.no_grad()
     def generate_from_prefixes(self, prefixes: list[list[int]], n: int = 1, *, temperature: float = 1.0,
                                top_p: float = 1.0, max_new_tokens: int = 64, seed: int = 0, share_prefix: bool = True,
-                               desc: str = "completions") -> list[list[Generation]]:
-        """n continuations of each token-id prefix (MC partial rollouts, VinePPO values).
+                               stop: str | None = None, desc: str = "completions") -> list[list[Generation]]:
+        """n continuations of each token-id prefix (MC partial rollouts, VinePPO values, search steps).
 
         With `share_prefix` the prefix is encoded once and its KV cache is copied n times, so
         prefill costs len(prefix) instead of n * len(prefix) tokens; `share_prefix=False` is the
         naive way (n copies encoded), kept for the benchmark. Decoding is a plain loop over the
         cache: sample from softmax(logits / T) with optional nucleus filtering, stop at EOS.
+
+        With `stop` a row also ends at the first token whose text completes `stop` (see
+        `Sampler.generate_from_prefixes`; the caller truncates text after the delimiter). The
+        tokens that contain `stop` are found once per tokenizer and stop string (`_stop_masks`);
+        a multi-character stop split over several tokens (e.g. "\\n" + "\\n") is caught by
+        decoding the row's last tokens when the new token starts with the tail of `stop`.
         """
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
@@ -133,10 +146,18 @@ class HFSampler(Sampler):
                 rows = logits.shape[0]
                 tokens: list[list[int]] = [[] for _ in range(rows)]
                 done = torch.zeros(rows, dtype=torch.bool, device=device)
+                if stop is not None:
+                    stop_full, stop_tail = self._stop_masks(stop, logits.shape[-1], device)
                 for _ in range(max_new_tokens):
                     nxt = sample_next(logits, temperature, top_p)
                     for r in torch.nonzero(~done).flatten().tolist():
                         tokens[r].append(int(nxt[r]))
+                    if stop is not None:
+                        hit = stop_full[nxt] & ~done
+                        for r in torch.nonzero(stop_tail[nxt] & ~done).flatten().tolist():
+                            if stop in tok.decode(tokens[r][-len(stop):], skip_special_tokens=True):
+                                hit[r] = True
+                        done |= hit
                     done |= nxt == eos
                     if bool(done.all()):
                         break
@@ -150,6 +171,32 @@ class HFSampler(Sampler):
         if was_training:
             model.train()
         return out
+
+    def _stop_masks(self, stop: str, vocab_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boolean masks over token ids, computed once per (stop, vocab size, device) and cached:
+        `full`: the token's own text contains `stop`; `tail`: it does not, but its text starts
+        with a proper suffix of `stop`, so it may complete a `stop` begun by earlier tokens.
+        Special tokens (EOS, pad) are never stops. Ids past the tokenizer (padded vocab) are not."""
+        if not stop:
+            raise ValueError("stop must be a non-empty string or None")
+        key = (stop, int(vocab_size), str(device))
+        if key not in self._stop_cache:
+            tok = self.tokenizer
+            n = min(len(tok), int(vocab_size))
+            texts = tok.batch_decode([[i] for i in range(n)], skip_special_tokens=False)
+            special = set(tok.all_special_ids)
+            suffixes = tuple(stop[j:] for j in range(1, len(stop)))
+            full = torch.zeros(vocab_size, dtype=torch.bool)
+            tail = torch.zeros(vocab_size, dtype=torch.bool)
+            for i, t in enumerate(texts):
+                if i in special:
+                    continue
+                if stop in t:
+                    full[i] = True
+                elif suffixes and t.startswith(suffixes):
+                    tail[i] = True
+            self._stop_cache[key] = (full.to(device), tail.to(device))
+        return self._stop_cache[key]
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -196,17 +243,19 @@ class VLLMSampler(Sampler):
                          max_new_tokens, seed)
 
     def generate_from_prefixes(self, prefixes, n=1, *, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0,
-                               share_prefix=True, desc="completions"):
+                               share_prefix=True, stop=None, desc="completions"):
         # vLLM's automatic prefix caching (enable_prefix_caching) shares the prefix computation
         return self._run([{"prompt_token_ids": list(p)} for p in prefixes], n, temperature, top_p,
-                         max_new_tokens, seed)
+                         max_new_tokens, seed, stop=stop)
 
-    def _run(self, prompts, n, temperature, top_p, max_new_tokens, seed):
+    def _run(self, prompts, n, temperature, top_p, max_new_tokens, seed, stop=None):
         from vllm import SamplingParams
 
+        # a stop string ends a completion after the step delimiter, which is kept in the text
+        extra = {} if stop is None else {"stop": [stop], "include_stop_str_in_output": True}
         # one seed per prompt: a shared seed would give every prompt the same random stream
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                                 seed=seed * 1_000_003 + i) for i in range(len(prompts))]
+                                 seed=seed * 1_000_003 + i, **extra) for i in range(len(prompts))]
         results = self.llm.generate(prompts, params, use_tqdm=True)
         out = []
         for res in results:
@@ -216,7 +265,10 @@ class VLLMSampler(Sampler):
             for o in res.outputs:
                 ids = list(o.token_ids)
                 n_gen += len(ids)
-                gens.append(Generation(o.text, ids, o.finish_reason == "stop"))
+                # finish_reason "stop" covers EOS and stop strings; vLLM's stop_reason names the
+                # stop string that matched (None at EOS), and only EOS counts as finished
+                finished = o.finish_reason == "stop" and (stop is None or getattr(o, "stop_reason", None) != stop)
+                gens.append(Generation(o.text, ids, finished))
             self.compute.add_sampling(self.n_params, n_prompt * len(gens), n_gen, len(gens))
             out.append(gens)
         return out

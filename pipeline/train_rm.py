@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .engine import build_engine
 from .flops import Compute, count_params
-from .metrics import auroc
+from .metrics import auroc, within_group_auroc
 from .reward_models import AGGREGATIONS, HeadRewardModel, ImplicitPRM, aggregate, score_positions
 from .rm_losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss
 from .scoring import collate, split_responses, token_logprobs
@@ -85,8 +85,8 @@ def head_loss(logits: torch.Tensor, batch_examples: list[dict], weights: tuple[f
 
 
 def heldout_metrics(rm, rows: list[dict], batch_size: int) -> dict:
-    """Solution AUROC (vs outcome) per aggregation and, on the testbed, step AUROC (vs the true
-    prefix correctness)."""
+    """Solution AUROC (vs outcome) per aggregation, pooled and within prompts, and, on the
+    testbed, step AUROC (vs the true prefix correctness)."""
     kept = [r for r in rows if r["response_ids"] and r["step_ends"]]
     examples = build_examples(kept, rm.tokenizer, None)
     scores = rm.step_scores(examples, batch_size)
@@ -96,7 +96,10 @@ def heldout_metrics(rm, rows: list[dict], batch_size: int) -> dict:
         for how in AGGREGATIONS:
             if how == "product" and not rm.scores_are_probabilities:
                 continue
-            out[f"auroc_{how}"] = auroc([aggregate(s, how) for s in scores], outcomes)
+            agg = [aggregate(s, how) for s in scores]
+            out[f"auroc_{how}"] = auroc(agg, outcomes)
+            # ranking the samples of one prompt is what best-of-N needs
+            out[f"within_prompt_auroc_{how}"] = within_group_auroc(agg, outcomes, [r["id"] for r in kept])
     if kept and "first_error" in kept[0]:
         step_s, step_t = [], []
         for r, s in zip(kept, scores):

@@ -12,7 +12,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "config" / "smoke.yaml"
-SMOKE_TARGETS = ["results/table2.csv", "results/rollouts/medium/train.jsonl", "results/mc/medium/train.jsonl",
+SMOKE_TARGETS = ["results/table2.csv", "results/table1.csv", "results/table3.csv", "results/table4.csv", "results/rollouts/medium/train.jsonl", "results/mc/medium/train.jsonl",
                  *[f"results/rm/{m}/metrics.json" for m in ("orm", "prm_he", "prm_se", "pav", "implicit_ce_inst",
                                                            "implicit_dpo", "implicit_kto")]]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.mc_label import agreement_table, best_of_k, hard_estimate, select_seeds, step_advantages, step_labels
+from pipeline.mc_label import (agreement_table, best_of_k, fill_after_pit, first_pit, hard_estimate, select_seeds,
+                               step_advantages, step_labels)
 from pipeline.metrics import auroc
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama
 from pipeline.sampler import HFSampler
@@ -65,9 +66,35 @@ def test_auroc_by_hand_with_ties():
         auroc([0.1, 0.2], [1, 1])
 
 
-def test_select_seeds_takes_first_n_cov_of_first_prompts():
-    rows = [{"id": i, "sample_idx": j} for i in ("a", "b", "c") for j in (2, 0, 1)]
-    assert [(r["id"], r["sample_idx"]) for r in select_seeds(rows, 2, 2)] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
+def test_select_seeds_draws_n_cov_per_prompt_seeded_and_in_sample_order():
+    rows = [{"id": i, "sample_idx": j} for i in ("a", "b", "c") for j in (3, 2, 0, 1)]
+    picked = select_seeds(rows, 2, 2, seed=0)
+    assert [r["id"] for r in picked] == ["a", "a", "b", "b"]  # first two prompts, two seeds each
+    for pid in ("a", "b"):
+        idx = [r["sample_idx"] for r in picked if r["id"] == pid]
+        assert idx == sorted(idx) and len(set(idx)) == 2
+    assert select_seeds(rows, 2, 2, seed=0) == picked  # deterministic
+    draws = {tuple(r["sample_idx"] for r in select_seeds(rows, 1, 2, seed=s)) for s in range(30)}
+    assert len(draws) > 1  # a random draw, not the first n_cov
+    # a prompt's draw does not depend on how many prompts are selected
+    assert select_seeds(rows, 3, 2, seed=5)[:4] == select_seeds(rows, 2, 2, seed=5)
+    assert len(select_seeds(rows, 3, 9)) == 12  # n_cov above the pool takes the whole pool
+
+
+def test_first_pit_and_fill_after_pit_by_hand():
+    assert first_pit([3, 1, 0, None]) == 2
+    assert first_pit([3, 1, 2]) is None
+    assert first_pit([None, 0]) == 1
+    # pit at step 1 of a finished wrong response: steps 2, 3 unsampled -> 0, exact last step = outcome 0
+    assert fill_after_pit([4, 0, None, None], outcome=0, n_mc=4, finished=True) == [4, 0, 0, 0]
+    # right answer despite a pit (e.g. a slip undone by *0): the exact last step keeps the outcome
+    assert fill_after_pit([4, 0, None, None], outcome=1, n_mc=4, finished=True) == [4, 0, 0, 4]
+    # no pit: every step sampled but the exact last one
+    assert fill_after_pit([2, 3, None], outcome=1, n_mc=4, finished=True) == [2, 3, 4]
+    # unfinished response (cut at max_new_tokens): its last step is sampled, not exact
+    assert fill_after_pit([2, 0, None], outcome=0, n_mc=4, finished=False) == [2, 0, 0]
+    with pytest.raises(ValueError):  # a gap without a pit before it is a bug upstream
+        fill_after_pit([2, None, 1], outcome=0, n_mc=4, finished=False)
 
 
 def test_step_token_ends_char_tokenizer_and_merging_tokenizer():
@@ -119,3 +146,52 @@ def test_shared_prefix_sampling_is_seeded_and_leaves_global_rng_alone():
     assert torch.equal(after, torch.rand(1))
     assert [g.token_ids for g in a[0]] == [g.token_ids for g in b[0]]
     assert len({tuple(g.token_ids) for g in a[0]}) > 1  # the 4 copies draw different samples
+
+
+@pytest.mark.slow
+def test_first_pit_labels_each_seed_up_to_its_first_pit(smoke_dir, tmp_path):
+    """The stage with seed_selection=first_pit on the smoke DAG's medium policy and rollouts,
+    against the random (every boundary) labels the DAG made from the same seeds."""
+    import json
+
+    from pipeline.config import load_preset
+    from pipeline.mc_label import main
+    from pipeline.utils import read_jsonl
+
+    from conftest import SMOKE
+
+    res = smoke_dir / "results"
+    cfg = load_preset(SMOKE)
+    cfg["mc_label"]["seed_selection"] = "first_pit"
+    out = tmp_path / "pit.jsonl"
+    main(["--cfg", json.dumps({k: cfg[k] for k in ("mc_label", "task", "sampling", "seed")}),
+          "--rollouts", str(res / "rollouts/medium/train.jsonl"), "--completer", str(res / "models/sft/medium"),
+          "--out", str(out)])
+    pit_rows, full_rows = read_jsonl(out), read_jsonl(res / "mc/medium/train.jsonl")
+    assert [(r["id"], r["sample_idx"]) for r in pit_rows] == [(r["id"], r["sample_idx"]) for r in full_rows]
+    n_mc = cfg["mc_label"]["n_mc"]
+    truncated = 0
+    for r in pit_rows:
+        sampled = r["mc_sampled"]
+        n_sampled = sum(sampled)
+        assert sampled == [True] * n_sampled + [False] * (len(sampled) - n_sampled)  # a prefix of the steps
+        counts, exact_last = r["n_correct"], int(r["finished"])
+        # labelling stopped exactly at the first zero count; later steps are 0 except an exact last step
+        zero = next((h for h in range(n_sampled) if counts[h] == 0), None)
+        if zero is None:
+            assert n_sampled == len(counts) - exact_last
+        else:
+            assert n_sampled == zero + 1
+            tail = counts[zero + 1:]
+            if tail and exact_last:
+                assert tail[-1] == r["outcome"] * n_mc
+                tail = tail[:-1]
+            assert tail == [0] * len(tail)
+            truncated += len(tail)
+        assert r["q_hat"] == [c / n_mc for c in counts]
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    full = json.loads((res / "mc/medium/train.summary.json").read_text())
+    assert summary["seed_selection"] == "first_pit" and full["seed_selection"] == "random"
+    assert truncated > 0  # the smoke policy does fall into pits
+    assert summary["n_prefixes"] == full["n_prefixes"] - truncated
+    assert summary["compute"]["generated_tokens"] < full["compute"]["generated_tokens"]

@@ -1,0 +1,169 @@
+# Verifier evaluation: sample pools per generator, every reward model scores them, tables.
+VERIFY = config["verify"]
+VERIFY_GENS = list(VERIFY["generators"])
+VERIFY_RMS = list(config["rm"]["models"])
+VERIFY_CALIB = f"{OUT}/rollouts/{config['rm']['data_policy']}/{VERIFY['calib_split']}.jsonl"
+IS_TESTBED = config["task"]["name"] == "arith"
+
+
+def pool_cfg():
+    """The rollouts stage, reconfigured to draw verify.pool_size samples of verify.n_prompts prompts."""
+    ro = {"n_prompts": VERIFY["n_prompts"], "n_samples": VERIFY["pool_size"], "temperature": VERIFY["temperature"]}
+    return shlex.quote(json.dumps({"rollouts": ro, "task": config["task"], "sampling": config["sampling"],
+                                   "seed": config["seed"]}, sort_keys=True))
+
+
+rule bon_pool:
+    """A pool of verify.pool_size samples per prompt from one generator, graded and split into steps."""
+    input:
+        policy=lambda wc: policy_input(wc.policy),
+        records=f"{OUT}/data/{VERIFY['split']}.jsonl",
+    output:
+        rows=f"{OUT}/verify/pools/{{policy}}.jsonl",
+        summary=f"{OUT}/verify/pools/{{policy}}.summary.json",
+    params:
+        cfg=pool_cfg(),
+        policy=lambda wc: policy_dir(wc.policy),
+    log:
+        f"{OUT}/logs/bon_pool/{{policy}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/bon_pool/{{policy}}.tsv"
+    threads: res("bon_pool")["threads"]
+    resources:
+        **resources_of("bon_pool"),
+    shell:
+        "{PY} -m pipeline.rollouts --cfg {params.cfg} --policy {params.policy} --policy-name {wildcards.policy} "
+        "--records {input.records} --out {output.rows} --threads {threads} > {log} 2>&1"
+
+
+rule score_pool:
+    """One reward model scores every step of every pool sample (and the calibration rollouts)."""
+    input:
+        model=f"{OUT}/rm/{{rm}}/model",
+        pools=expand(f"{OUT}/verify/pools/{{gen}}.jsonl", gen=VERIFY_GENS),
+        calib=VERIFY_CALIB,
+        ref=policy_input(config["rm"]["init_policy"]),  # the implicit PRM's reference
+    output:
+        scores=expand(f"{OUT}/verify/scores/{{{{rm}}}}/{{name}}.jsonl", name=VERIFY_GENS + ["calib"]),
+        meta=f"{OUT}/verify/scores/{{rm}}/meta.json",
+    wildcard_constraints:
+        rm="|".join(VERIFY_RMS),
+    params:
+        # only the batch size: changing how the pools are evaluated must not rescore them
+        cfg=shlex.quote(json.dumps({"verify": {"score_batch_size": VERIFY.get("score_batch_size", 64)}})),
+        inputs=" ".join(f"{g}={OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS) + f" calib={VERIFY_CALIB}",
+        out=f"{OUT}/verify/scores/{{rm}}",
+    log:
+        f"{OUT}/logs/score_pool/{{rm}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/score_pool/{{rm}}.tsv"
+    threads: res("score_pool")["threads"]
+    resources:
+        **resources_of("score_pool"),
+    shell:
+        "{PY} -m pipeline.score_pool --cfg {params.cfg} --rm {input.model} --inputs {params.inputs} "
+        "--out-dir {params.out} --threads {threads} > {log} 2>&1"
+
+
+def verify_outputs():
+    out = {"table1": f"{OUT}/table1.csv", "long": f"{OUT}/table1_long.csv",
+           "plot": report(f"{OUT}/plots/bon_accuracy.png", category="Verifiers",
+                          caption="../report/bon_accuracy.rst")}
+    if IS_TESTBED:  # step verification needs ground-truth step labels
+        out["table4"] = f"{OUT}/table4.csv"
+    return out
+
+
+rule verify_tables:
+    """Best-of-N / weighted voting (table1) and step verification against ground truth (table4)."""
+    input:
+        pools=expand(f"{OUT}/verify/pools/{{gen}}.jsonl", gen=VERIFY_GENS),
+        scores=expand(f"{OUT}/verify/scores/{{rm}}/meta.json", rm=VERIFY_RMS),
+        metrics=expand(f"{OUT}/rm/{{rm}}/metrics.json", rm=VERIFY_RMS),
+    output:
+        **verify_outputs(),
+    params:
+        cfg=cfg_json("verify", "task", "seed"),
+        pools=" ".join(f"{g}={OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS),
+        scores=" ".join(f"{m}={OUT}/verify/scores/{m}" for m in VERIFY_RMS),
+        metrics=" ".join(f"{m}={OUT}/rm/{m}/metrics.json" for m in VERIFY_RMS),
+        table4=f"--table4 {OUT}/table4.csv" if IS_TESTBED else "",
+    log:
+        f"{OUT}/logs/verify_tables.log",
+    benchmark:
+        f"{OUT}/benchmarks/verify_tables.tsv"
+    threads: res("tables")["threads"]
+    resources:
+        **resources_of("tables"),
+    shell:
+        "{PY} -m pipeline.verify --cfg {params.cfg} --pools {params.pools} --scores {params.scores} "
+        "--rm-metrics {params.metrics} --table1 {output.table1} --plot {output.plot} {params.table4} "
+        "--threads {threads} > {log} 2>&1"
+
+
+SEARCH = config["search"]
+
+
+def search_cfg(wc):
+    """The search stage's config: the `search` section at one beam width, on the pools' prompts."""
+    sc = {k: v for k, v in SEARCH.items() if k not in ("policy", "verifiers", "beam_widths")}
+    sc.update(beam_width=int(wc.width), n_prompts=VERIFY["n_prompts"])
+    return shlex.quote(json.dumps({"search": sc, "task": config["task"], "sampling": config["sampling"],
+                                   "seed": config["seed"]}, sort_keys=True))
+
+
+rule beam_search:
+    """Step-level beam search with one verifier and beam width; the ORM picks the answer."""
+    input:
+        policy=policy_input(SEARCH["policy"]),
+        records=f"{OUT}/data/{VERIFY['split']}.jsonl",
+        verifier=f"{OUT}/rm/{{verifier}}/model",
+        final=f"{OUT}/rm/orm/model",
+        ref=policy_input(config["rm"]["init_policy"]),
+    output:
+        rows=f"{OUT}/search/{{verifier}}_b{{width}}.jsonl",
+        summary=f"{OUT}/search/{{verifier}}_b{{width}}.summary.json",
+    wildcard_constraints:
+        verifier="|".join(SEARCH["verifiers"]),
+        width=r"\d+",
+    params:
+        cfg=search_cfg,
+        policy=policy_dir(SEARCH["policy"]),
+    log:
+        f"{OUT}/logs/beam_search/{{verifier}}_b{{width}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/beam_search/{{verifier}}_b{{width}}.tsv"
+    threads: res("beam_search")["threads"]
+    resources:
+        **resources_of("beam_search"),
+    shell:
+        "{PY} -m pipeline.search --cfg {params.cfg} --policy {params.policy} --verifier {input.verifier} "
+        "--final {input.final} --records {input.records} --out {output.rows} --threads {threads} > {log} 2>&1"
+
+
+SEARCH_RUNS = expand(f"{OUT}/search/{{v}}_b{{w}}.summary.json", v=SEARCH["verifiers"], w=SEARCH["beam_widths"])
+
+
+rule table3:
+    """Beam search against best-of-N with the ORM, by generated tokens."""
+    input:
+        pool=f"{OUT}/verify/pools/{SEARCH['policy']}.jsonl",
+        pool_summary=f"{OUT}/verify/pools/{SEARCH['policy']}.summary.json",
+        orm=f"{OUT}/verify/scores/orm/{SEARCH['policy']}.jsonl",
+        search=SEARCH_RUNS,
+    output:
+        table=f"{OUT}/table3.csv",
+        plot=report(f"{OUT}/plots/search_vs_bon.png", category="Verifiers", caption="../report/search_vs_bon.rst"),
+    params:
+        cfg=cfg_json("verify", "task", "seed"),
+    log:
+        f"{OUT}/logs/table3.log",
+    benchmark:
+        f"{OUT}/benchmarks/table3.tsv"
+    threads: res("tables")["threads"]
+    resources:
+        **resources_of("tables"),
+    shell:
+        "{PY} -m pipeline.search_table --cfg {params.cfg} --pool {input.pool} --pool-summary {input.pool_summary} "
+        "--orm-scores {input.orm} --search {input.search} --out {output.table} --plot {output.plot} "
+        "--threads {threads} > {log} 2>&1"
