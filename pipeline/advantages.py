@@ -54,3 +54,82 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token KL(pi || pi_ref) estimate k3 = exp(ref - logp) - (ref - logp) - 1 (>= 0, unbiased)."""
     d = ref_logp - logp
     return torch.exp(d) - d - 1
+
+
+# ---- dense-reward methods (issue 5): per-token advantages from process rewards ----
+
+def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = sum_{s >= t} gamma^(s-t) r_s over the last dimension."""
+    out = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[..., 0])
+    for t in range(rewards.shape[-1] - 1, -1, -1):
+        running = rewards[..., t] + gamma * running
+        out[..., t] = running
+    return out
+
+
+def prime_advantages(token_rewards: list[torch.Tensor], outcomes: torch.Tensor, gamma: float = 1.0
+                     ) -> list[torch.Tensor]:
+    """PRIME (Cui et al., eq. 5) for the K responses of one prompt:
+    A_t^i = sum_{s>=t} gamma^(s-t) [r_phi(y_s^i) - mean_{j!=i} rbar^j] + r_o^i - mean_{j!=i} r_o^j,
+    where rbar^j is the mean implicit process reward over the tokens of response j (the paper's
+    "average of implicit process rewards" as the leave-one-out baseline; the two returns are
+    computed separately and added). The released code also rescales by K/(K-1) and whitens the
+    advantages; we follow the paper."""
+    K = len(token_rewards)
+    if K < 2 or outcomes.shape[-1] != K:
+        raise ValueError("PRIME needs K >= 2 responses with one outcome each")
+    means = torch.stack([r.float().mean() if r.numel() else torch.tensor(0.0) for r in token_rewards])
+    base = (means.sum() - means) / (K - 1)
+    out_adv = rloo_advantages(outcomes.float().unsqueeze(0)).squeeze(0)
+    return [discounted_returns(r.float() - base[i], gamma) + out_adv[i] for i, r in enumerate(token_rewards)]
+
+
+def vineppo_step_advantages(values: list[float], outcome: float) -> list[float]:
+    """VinePPO: A_h = r_h + V(s_{h+1}) - V(s_h), gamma = 1, r_h = 0 except the last step's
+    outcome, terminal value 0. `values[h]` = V(s_h) is the MC value of the state *before* step
+    h (values[0] = V(x))."""
+    H = len(values)
+    return [(outcome if h == H - 1 else values[h + 1]) - values[h] for h in range(H)]
+
+
+def step_to_token(step_values: list[float], step_token_ends: list[int], n_tokens: int) -> torch.Tensor:
+    """Every token of step h gets step_values[h]; tokens after the last step end (EOS) get the
+    last step's value."""
+    if len(step_values) != len(step_token_ends):
+        raise ValueError("one value per step")
+    out = torch.zeros(n_tokens)
+    start = 0
+    for h, (v, end) in enumerate(zip(step_values, step_token_ends)):
+        stop = n_tokens if h == len(step_values) - 1 else end
+        out[start:stop] = v
+        start = end
+    return out
+
+
+def jepo_advantages(answer_logp: torch.Tensor, normalize: bool = True, clip: float | None = 1.0) -> torch.Tensor:
+    """JEPO's policy-gradient weights for one prompt's n chains of thought c_i: reward
+    R_i = log pi(a* | x, c_i) with a leave-one-out baseline, then (published) divided by the
+    group's std and clipped to [-clip, clip]."""
+    adv = rloo_advantages(answer_logp.float().unsqueeze(0)).squeeze(0)
+    if normalize:
+        adv = adv / (answer_logp.float().std(unbiased=True) + 1e-6)
+    if clip is not None:
+        adv = adv.clamp(-clip, clip)
+    return adv
+
+
+def jepo_multisample_terms(answer_logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient terms of the multi-sample bound L = log (1/n) sum_i pi(a*|x,c_i):
+    - score-function weights with a leave-one-out baseline (VIMCO-style),
+      A_i = L - log (1/(n-1)) sum_{j!=i} pi(a*|x,c_j);
+    - supervised weights w_i = pi(a*|x,c_i) / sum_j pi(a*|x,c_j) on grad log pi(a*|x,c_i).
+    Computed in log space."""
+    lp = answer_logp.float()
+    n = lp.shape[-1]
+    if n < 2:
+        raise ValueError("the multi-sample bound needs n >= 2")
+    L = torch.logsumexp(lp, -1) - torch.log(torch.tensor(float(n)))
+    loo = torch.stack([torch.logsumexp(torch.cat([lp[:i], lp[i + 1:]]), -1) for i in range(n)]) \
+        - torch.log(torch.tensor(float(n - 1)))
+    return L - loo, torch.softmax(lp, -1)

@@ -192,3 +192,60 @@ def test_ppo_on_policy_loss_is_minus_mean_advantage():
     loss, stats = ppo_clip_loss(old.clone(), old, ADV, MASK)
     torch.testing.assert_close(loss, torch.tensor(0.2))
     assert stats == {"clip_frac": 0.0, "ratio_mean": 1.0}
+
+
+# ---- dense-reward advantages (issue 5), by hand ----
+
+def test_prime_advantages_by_hand():
+    from pipeline.advantages import prime_advantages
+    # y1 token rewards [1, 3] (mean 2), y2 [0.5] (mean 0.5); outcomes [1, 0]
+    # baselines: y1 -> mean of others' means = 0.5; y2 -> 2. Outcome RLOO: [1, -1]
+    a1, a2 = prime_advantages([torch.tensor([1.0, 3.0]), torch.tensor([0.5])], torch.tensor([1.0, 0.0]), gamma=1.0)
+    # y1: r - b = [0.5, 2.5] -> returns [3.0, 2.5] -> + 1 = [4.0, 3.5]; y2: [-1.5] - 1 = [-2.5]
+    assert a1.tolist() == pytest.approx([4.0, 3.5]) and a2.tolist() == pytest.approx([-2.5])
+    # gamma 0.5: y1 returns [0.5 + 0.5 * 2.5, 2.5] = [1.75, 2.5] -> [2.75, 3.5]
+    a1, _ = prime_advantages([torch.tensor([1.0, 3.0]), torch.tensor([0.5])], torch.tensor([1.0, 0.0]), gamma=0.5)
+    assert a1.tolist() == pytest.approx([2.75, 3.5])
+    with pytest.raises(ValueError):
+        prime_advantages([torch.tensor([1.0])], torch.tensor([1.0]))
+
+
+def test_discounted_returns_by_hand():
+    from pipeline.advantages import discounted_returns
+    # r = [1, 0, 2], gamma 0.5: G2 = 2, G1 = 0 + 1 = 1, G0 = 1 + 0.5 = 1.5
+    assert discounted_returns(torch.tensor([1.0, 0.0, 2.0]), 0.5).tolist() == pytest.approx([1.5, 1.0, 2.0])
+
+
+def test_vineppo_step_advantages_by_hand_including_the_terminal_step():
+    from pipeline.advantages import vineppo_step_advantages
+    # V(x) = 0.5, V(s_2) = 0.75, V(s_3) = 0.25; outcome 1:
+    # A = [0.75 - 0.5, 0.25 - 0.75, 1 - 0.25] = [0.25, -0.5, 0.75], summing to outcome - V(x)
+    adv = vineppo_step_advantages([0.5, 0.75, 0.25], 1.0)
+    assert adv == pytest.approx([0.25, -0.5, 0.75]) and sum(adv) == pytest.approx(1.0 - 0.5)
+    assert vineppo_step_advantages([0.5, 0.75, 0.25], 0.0)[-1] == pytest.approx(-0.25)  # terminal value 0
+
+
+def test_step_to_token_broadcasts_each_step():
+    from pipeline.advantages import step_to_token
+    # steps end after tokens 2, 5, 6; the 7th token (EOS) belongs to the last step
+    assert step_to_token([1.0, 2.0, 3.0], [2, 5, 6], 7).tolist() == [1, 1, 2, 2, 2, 3, 3]
+
+
+def test_jepo_advantages_by_hand():
+    from pipeline.advantages import jepo_advantages
+    lp = torch.tensor([-1.0, -2.0, -3.0, -6.0])
+    # leave-one-out: -1 + 11/3, -2 + 10/3, -3 + 3, -6 + 2 = [2.667, 1.333, 0, -4]
+    raw = jepo_advantages(lp, normalize=False, clip=None)
+    assert raw.tolist() == pytest.approx([8 / 3, 4 / 3, 0.0, -4.0], abs=1e-5)
+    # std (n-1) of lp = sqrt(14/3) = 2.1602 -> [1.2344, 0.6172, 0, -1.8516] -> clipped to [-1, 1]
+    assert jepo_advantages(lp).tolist() == pytest.approx([1.0, 0.61721, 0.0, -1.0], abs=1e-4)
+
+
+def test_jepo_multisample_terms_by_hand():
+    import math
+
+    from pipeline.advantages import jepo_multisample_terms
+    # p = [0.5, 0.25]: L = log 0.375; leave-one-out bounds log 0.25, log 0.5 -> A = [log 1.5, log 0.75]
+    adv, w = jepo_multisample_terms(torch.log(torch.tensor([0.5, 0.25])))
+    assert adv.tolist() == pytest.approx([math.log(1.5), math.log(0.75)], abs=1e-6)
+    assert w.tolist() == pytest.approx([2 / 3, 1 / 3], abs=1e-6)

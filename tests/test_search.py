@@ -279,8 +279,9 @@ def test_stop_masks_cover_merged_tokens_and_are_cached(tok):
 
 
 def test_vllm_stop_passes_the_delimiter_and_keeps_finished_for_eos(monkeypatch):
-    """vLLM's glue with a stand-in `vllm` module: stop strings go into SamplingParams (kept in
-    the output), and a completion that ended at the stop string is not finished."""
+    """vLLM's glue with a stand-in `vllm` module (a fake at a true external boundary: vLLM needs a
+    GPU and is not installed here): stop strings go into SamplingParams (kept in the output),
+    and a completion that ended at the stop string is not finished."""
     import sys
     import types
     from types import SimpleNamespace

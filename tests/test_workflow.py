@@ -196,3 +196,13 @@ def test_two_clean_runs_give_identical_tables(smoke_dir, tmp_path):
     for rel in ["rollouts/medium/train.jsonl", "data/train.jsonl", "mc/medium/train.jsonl", "table1.csv", "table3.csv",
                 "table4.csv"]:
         assert (other / "results" / rel).read_bytes() == (smoke_dir / "results" / rel).read_bytes(), rel
+
+
+def test_report_collects_tables_and_plots(smoke_dir):
+    report = smoke_dir / "report.html"
+    snakemake(smoke_dir, "--report", str(report), *SMOKE_TARGETS, "--configfile", str(SMOKE))
+    html = report.read_text(errors="replace")
+    assert report.stat().st_size > 100_000
+    for name in ("table1.csv", "table2.csv", "table3.csv", "table4.csv", "bon_accuracy.png", "search_vs_bon.png",
+                 "rl_val_curves.png"):
+        assert name in html, name

@@ -8,8 +8,8 @@ rule table2:
         rl=expand(f"{OUT}/rl/{{algo}}/summary.json", algo=RL_ALGOS),
         metrics=expand(f"{OUT}/rl/{{algo}}/metrics.jsonl", algo=RL_ALGOS),
     output:
-        table=f"{OUT}/table2.csv",
-        plot=f"{OUT}/plots/rl_val_curves.png",
+        table=report(f"{OUT}/table2.csv", category="Tables", caption="../report/table2.rst"),
+        plot=report(f"{OUT}/plots/rl_val_curves.png", category="Online RL", caption="../report/rl_val_curves.rst"),
     params:
         evals=" ".join(f"{m}={OUT}/eval/{m}.json" for m in TABLE2_METHODS),
         rl=" ".join(f"{a}={OUT}/rl/{a}" for a in RL_ALGOS),

@@ -66,11 +66,12 @@ rule score_pool:
 
 
 def verify_outputs():
-    out = {"table1": f"{OUT}/table1.csv", "long": f"{OUT}/table1_long.csv",
+    out = {"table1": report(f"{OUT}/table1.csv", category="Tables", caption="../report/table1.rst"),
+           "long": f"{OUT}/table1_long.csv",
            "plot": report(f"{OUT}/plots/bon_accuracy.png", category="Verifiers",
                           caption="../report/bon_accuracy.rst")}
     if IS_TESTBED:  # step verification needs ground-truth step labels
-        out["table4"] = f"{OUT}/table4.csv"
+        out["table4"] = report(f"{OUT}/table4.csv", category="Tables", caption="../report/table4.rst")
     return out
 
 
@@ -152,7 +153,7 @@ rule table3:
         orm=f"{OUT}/verify/scores/orm/{SEARCH['policy']}.jsonl",
         search=SEARCH_RUNS,
     output:
-        table=f"{OUT}/table3.csv",
+        table=report(f"{OUT}/table3.csv", category="Tables", caption="../report/table3.rst"),
         plot=report(f"{OUT}/plots/search_vs_bon.png", category="Verifiers", caption="../report/search_vs_bon.rst"),
     params:
         cfg=cfg_json("verify", "task", "seed"),
