@@ -1,5 +1,5 @@
-"""Stage: online RL of a policy with outcome rewards (RLOO or GRPO), PPO-style clipping and
-an optional KL penalty to the initial policy.
+"""Stage: online RL of a policy with outcome rewards (RLOO or GRPO) or VinePPO's Monte-Carlo
+step advantages, PPO-style clipping and an optional KL penalty to the initial policy.
 
 Each iteration: draw `prompts_per_iter` training prompts, sample `samples_per_prompt`
 responses from the current policy through the sampler interface, grade them, compute
@@ -7,8 +7,13 @@ group advantages, and take PPO minibatch steps through DeepSpeed. Metrics go to 
 log per iteration (with validation pass@1 every `eval_every` iterations); checkpoints
 every `checkpoint_every` iterations make a killed job resume where it left off.
 
-The dense-reward methods (PRIME, PAV-RL, VinePPO, JEPO) plug into `compute_advantages`:
-they change how per-token advantages are formed, not the loop.
+The dense-reward methods change how the per-token advantages `adv_tok` are formed, not the
+loop. VinePPO (`algo: vineppo`): from every step boundary of every response, `rl.vineppo_k`
+auxiliary completions under the *current* policy give V_hat(s_h) (the bare prompt's value is
+shared by the prompt's responses); step advantages A_h = V(s_{h+1}) - V(s_h), with the
+outcome in place of V after the last step; every token of a step gets its step's advantage.
+Completions of one prefix share its computation (`generate_from_prefixes`), and every
+auxiliary token counts as the method's compute. PRIME, PAV-RL and JEPO are to follow.
 """
 from __future__ import annotations
 
@@ -22,13 +27,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .advantages import OUTCOME_ADVANTAGES, kl_k3, masked_mean, ppo_clip_loss
+from .advantages import OUTCOME_ADVANTAGES, kl_k3, masked_mean, ppo_clip_loss, step_to_token, vineppo_step_advantages
 from .engine import build_engine, config_hash, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_policy
 from .flops import Compute, count_params
 from .modeling import load_policy, save_policy
 from .sampler import HFSampler
 from .scoring import collate, join_responses, split_responses, token_logprobs
+from .steps import split_steps_with_ends, step_token_ends
 from .task import format_prompt, judge
 from .utils import (check_finite, read_json, read_jsonl, seed_everything,
                     stage_parser, start_stage, write_json, write_jsonl)
@@ -36,12 +42,58 @@ from .utils import (check_finite, read_json, read_jsonl, seed_everything,
 log = logging.getLogger("pipeline.rl")
 
 
+DENSE_ALGOS = ("vineppo",)
+ALGOS = tuple(sorted(OUTCOME_ADVANTAGES)) + DENSE_ALGOS
+
+
 def compute_advantages(algo: str, rewards: torch.Tensor) -> torch.Tensor:
     """[P, K] outcome rewards -> [P, K] sequence advantages (every token of a response gets its
     sequence's advantage)."""
     if algo not in OUTCOME_ADVANTAGES:
-        raise ValueError(f"rl algo must be one of {sorted(OUTCOME_ADVANTAGES)}, got {algo!r}")
+        raise ValueError(f"outcome advantages are one of {sorted(OUTCOME_ADVANTAGES)}, got {algo!r}")
     return OUTCOME_ADVANTAGES[algo](rewards)
+
+
+def vineppo_token_advantages(sampler, encoded: list[list[int]], records: list[dict], gens, rewards: torch.Tensor,
+                             task_cfg: dict, *, k_aux: int, temperature: float, max_new_tokens: int,
+                             seed: int) -> tuple[list[torch.Tensor], list[list[float]]]:
+    """VinePPO's per-token advantages for gens[p][k] (P prompts x K responses), and each
+    response's state values [V(x), V(s_2), ..., V(s_H)]. A value is the mean outcome of k_aux
+    completions of the prefix under the sampler's (current) policy, each held to the response
+    budget `max_new_tokens` counted from the start of the response."""
+    tok = sampler.tokenizer
+    delim = task_cfg.get("step_delimiter", "\n")
+    prefixes = [list(ids) for ids in encoded]          # V(x): one per prompt, shared by its K responses
+    owners: list[tuple[int, int | None, int]] = [(p, None, 0) for p in range(len(encoded))]
+    plan = []
+    for p, gs in enumerate(gens):
+        for k, g in enumerate(gs):
+            _, ends = split_steps_with_ends(g.text, delim)
+            tends = step_token_ends(tok, g.token_ids, ends) if ends else []
+            plan.append((p, k, tends))
+            for h in range(1, len(tends)):
+                if tends[h - 1] < max_new_tokens:
+                    prefixes.append(encoded[p] + list(g.token_ids[:tends[h - 1]]))
+                    owners.append((p, k, h))
+    comps = sampler.generate_from_prefixes(prefixes, n=k_aux, temperature=temperature, max_new_tokens=max_new_tokens,
+                                           seed=seed, desc="vineppo values")
+    values: dict[tuple, float] = {}
+    for (p, k, h), prefix, cs in zip(owners, prefixes, comps):
+        done = prefix[len(encoded[p]):]
+        budget = max_new_tokens - len(done)
+        wins = [judge(records[p], tok.decode(done + list(c.token_ids[:budget]), skip_special_tokens=True),
+                      task_cfg)["outcome"] for c in cs]
+        values[(p, k, h)] = sum(wins) / len(wins)
+    adv_tok, all_values = [], []
+    for p, k, tends in plan:
+        n_tok, outcome = len(gens[p][k].token_ids), float(rewards[p, k])
+        v = [values[(p, None, 0)]] + [values.get((p, k, h), 0.0) for h in range(1, len(tends))]
+        all_values.append(v)
+        if not tends:  # no step at all: the whole response is one step from the prompt
+            adv_tok.append(torch.full((n_tok,), outcome - v[0]))
+            continue
+        adv_tok.append(step_to_token(vineppo_step_advantages(v, outcome), tends, n_tok))
+    return adv_tok, all_values
 
 
 @torch.no_grad()
@@ -66,7 +118,8 @@ def main(argv=None) -> None:
     seed = int(cfg["seed"])
     seed_everything(seed)
     algo = args.algo
-    compute_advantages(algo, torch.zeros(1, 2))  # fail fast on an unknown algorithm
+    if algo not in ALGOS:  # fail fast, before loading anything
+        raise SystemExit(f"--algo {algo!r}: rl algorithms are {', '.join(ALGOS)}")
 
     model, tokenizer = load_policy(args.policy)
     n_params = count_params(model)
@@ -107,18 +160,26 @@ def main(argv=None) -> None:
         sampler.compute = Compute()  # this iteration's sampling cost
         gens = sampler.generate(prompts, n=K, temperature=float(rl["temperature"]),
                                 max_new_tokens=int(samp["max_new_tokens"]), seed=seed * 7_919 + it)
-        compute = compute.merge(sampler.compute)
         rewards = torch.tensor([[float(judge(r, g.text, task_cfg)["outcome"]) for g in gs]
                                 for r, gs in zip(records, gens)])
-        adv = compute_advantages(algo, rewards).flatten()
         encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]  # once per prompt, K samples share it
         prompt_ids = [ids for ids in encoded for _ in range(K)]
         response_ids = [g.token_ids for gs in gens for g in gs]
         n_tokens = sum(len(a) + len(b) for a, b in zip(prompt_ids, response_ids))
+        n_policy_samples = sampler.compute.samples
 
         # per-token advantages, one vector per response: outcome methods broadcast the
-        # sequence advantage; dense-reward methods will fill these per step/token.
-        adv_tok = [torch.full((len(r),), float(a)) for r, a in zip(response_ids, adv)]
+        # sequence advantage; dense-reward methods fill them per step
+        if algo == "vineppo":
+            adv_tok, _ = vineppo_token_advantages(sampler, encoded, records, gens, rewards, task_cfg,
+                                                  k_aux=int(rl.get("vineppo_k", 9)),
+                                                  temperature=float(rl["temperature"]),
+                                                  max_new_tokens=int(samp["max_new_tokens"]), seed=seed * 104_729 + it)
+        else:
+            adv = compute_advantages(algo, rewards).flatten()
+            adv_tok = [torch.full((len(r),), float(a)) for r, a in zip(response_ids, adv)]
+        aux_samples = sampler.compute.samples - n_policy_samples
+        compute = compute.merge(sampler.compute)  # every generated token, auxiliary ones included
 
         engine.eval()
         old_logp = response_logprobs(engine.module, prompt_ids, response_ids, pad, mb)
@@ -156,7 +217,7 @@ def main(argv=None) -> None:
                "solved_none_frac": (rewards.max(1).values == 0).float().mean().item(),
                "loss": sum(losses) / len(losses), "clip_frac": sum(clip_fracs) / len(clip_fracs),
                "kl": sum(kls) / len(kls) if kls else None,
-               "response_len": sum(len(r) for r in response_ids) / len(response_ids),
+               "response_len": sum(len(r) for r in response_ids) / len(response_ids), "aux_samples": aux_samples,
                "samples": compute.samples, "flops": compute.flops, "iter_s": time.time() - t_it}
         if (it + 1) % int(rl["eval_every"]) == 0 or it + 1 == iters:
             row["val_pass1"] = validate(it + 1)

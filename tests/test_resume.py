@@ -86,3 +86,63 @@ def test_rl_with_kl_penalty_logs_a_finite_nonnegative_kl(smoke_dir, tmp_path):
         # k3 is >= 0 per token; after the first update the policy has moved, so KL > 0
         assert r["kl"] is not None and 0.0 <= r["kl"] < 1.0
     assert rows[2]["kl"] > 0.0
+
+
+def test_vineppo_values_and_step_advantages_on_the_smoke_policy(smoke_dir):
+    """VinePPO's advantages from real MC values of the smoke medium policy: constant within a
+    step, telescoping to outcome - V(x) over the steps, and every auxiliary completion counted."""
+    from pipeline.modeling import load_policy
+    from pipeline.rl import vineppo_token_advantages
+    from pipeline.sampler import HFSampler
+    from pipeline.steps import split_steps_with_ends, step_token_ends
+    from pipeline.task import format_prompt, judge
+    from pipeline.utils import read_jsonl
+
+    cfg = load_preset(SMOKE)
+    model, tok = load_policy(str(smoke_dir / "results/models/sft/medium"))
+    records = read_jsonl(smoke_dir / "results/data/train.jsonl")[:6]
+    prompts = [format_prompt(r, cfg["task"]) for r in records]
+    sampler = HFSampler(model, tok, progress=False)
+    gens = sampler.generate(prompts, n=3, temperature=1.0, max_new_tokens=48, seed=1)
+    rewards = torch.tensor([[float(judge(r, g.text, cfg["task"])["outcome"]) for g in gs] for r, gs in zip(records, gens)])
+    encoded = tok(prompts, add_special_tokens=False)["input_ids"]
+    before = sampler.compute.samples
+    adv, values = vineppo_token_advantages(sampler, encoded, records, gens, rewards, cfg["task"], k_aux=4,
+                                           temperature=1.0, max_new_tokens=48, seed=3)
+    n_prefixes = len(prompts)
+    flat = [(p, k, g) for p, gs in enumerate(gens) for k, g in enumerate(gs)]
+    nontrivial = 0
+    for (p, k, g), a, v in zip(flat, adv, values):
+        _, ends = split_steps_with_ends(g.text)
+        tends = step_token_ends(tok, g.token_ids, ends)
+        n_prefixes += len(tends) - 1
+        assert len(a) == len(g.token_ids) and len(v) == len(tends)
+        assert all(0.0 <= x <= 1.0 and (x * 4) == int(x * 4) for x in v)  # means of 4 outcomes
+        assert v[0] == values[3 * p][0]  # V(x) is shared by the prompt's responses
+        step_adv, start = [], 0
+        for e in tends:
+            seg = a[start:e]
+            assert torch.all(seg == seg[0])  # one advantage per step
+            step_adv.append(float(seg[0]))
+            start = e
+        assert sum(step_adv) == pytest.approx(float(rewards[p, k]) - v[0])  # telescopes (gamma = 1)
+        nontrivial += any(abs(x) > 0 for x in step_adv[:-1])
+    assert sampler.compute.samples - before == 4 * n_prefixes
+    assert nontrivial > 0  # the smoke policy's values do move between steps
+
+
+def test_vineppo_runs_in_the_rl_loop_and_counts_auxiliary_samples(smoke_dir, tmp_path):
+    cfg = load_preset(SMOKE)
+    cfg["rl"].update(iterations=2, checkpoint_every=5, eval_every=2, prompts_per_iter=4, samples_per_prompt=2,
+                     vineppo_k=2)
+    cmd = rl_cmd(cfg, smoke_dir, tmp_path / "out", tmp_path / "ck")
+    cmd[cmd.index("rloo")] = "vineppo"
+    subprocess.run(cmd, check=True, capture_output=True)
+    rows = metrics(tmp_path / "out")
+    assert [r["iteration"] for r in rows] == [0, 1, 2]
+    for r in rows[1:]:
+        # at least V(x) for each of the 4 prompts, k = 2 completions each
+        assert r["aux_samples"] >= 4 * 2 and r["aux_samples"] % 2 == 0
+    assert rows[2]["samples"] == 2 * 4 * 2 + rows[1]["aux_samples"] + rows[2]["aux_samples"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["algo"] == "vineppo" and summary["rl_samples"] == rows[2]["samples"]
