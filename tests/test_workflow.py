@@ -158,6 +158,9 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     rl_change = overlay(tmp_path, "rl", {"rl": {"lr": 0.0001}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rl_change)) == {
         "rl": 2, "evaluate": 2, "table2": 1}
+    # another method's knob, or the list of methods growing, reruns none of the existing runs
+    other = overlay(tmp_path, "vine", {"rl": {"vineppo_k": 3}})
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(other)) == {}
     # an eval knob: the three evaluations and the table only
     eval_change = overlay(tmp_path, "ev", {"eval": {"k": 3}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(eval_change)) == {"evaluate": 3, "table2": 1}

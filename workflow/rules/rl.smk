@@ -1,8 +1,17 @@
 RL_ALGOS = list(config["rl"]["algos"])
+METHOD_KEYS = {"vineppo_k": "vineppo"}  # rl keys read by one algorithm only
+
+
+def rl_cfg(algo):
+    """The rl section as one algorithm sees it: without the list of algorithms and without other
+    methods' keys, so adding a method or tuning one reruns nothing else."""
+    rl = {k: v for k, v in config["rl"].items() if k != "algos" and METHOD_KEYS.get(k, algo) == algo}
+    return shlex.quote(json.dumps({"rl": rl, "task": config["task"], "sampling": config["sampling"],
+                                   "seed": config["seed"]}, sort_keys=True))
 
 
 rule rl:
-    """Outcome-reward online RL (RLOO / GRPO) from the base policy; resumes from its checkpoint."""
+    """Online RL (RLOO / GRPO / VinePPO) from the base policy; resumes from its checkpoint."""
     input:
         policy=policy_input(config["rl"]["base_policy"]),
         train=f"{OUT}/data/train.jsonl",
@@ -14,7 +23,7 @@ rule rl:
     wildcard_constraints:
         algo="|".join(RL_ALGOS),
     params:
-        cfg=cfg_json("rl", "task", "sampling", "seed"),
+        cfg=lambda wc: rl_cfg(wc.algo),
         policy=policy_dir(config["rl"]["base_policy"]),
         data=f"{OUT}/data",
         out=f"{OUT}/rl/{{algo}}",
