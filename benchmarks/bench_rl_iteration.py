@@ -1,0 +1,58 @@
+"""Time per RL iteration of each method against RLOO, side by side in one run.
+
+    python benchmarks/bench_rl_iteration.py [--algos rloo grpo vineppo] [--iterations 3] [--preset ...]
+
+Runs the real RL stage (`pipeline.rl.main`) for a few iterations of each algorithm from the
+tiny preset's base policy (results/models/sft/<rl.base_policy>, results/data; build them with
+`snakemake -c2 results/models/sft`), validation disabled, and prints the mean iteration time,
+samples and FLOPs per iteration (auxiliary rollouts included) and their ratios to RLOO. The
+first iteration of each run is left out of the time (one-off warm-up).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from pipeline.config import load_preset
+from pipeline.rl import main as rl_main
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--algos", nargs="+", default=["rloo", "grpo", "vineppo"])
+    p.add_argument("--iterations", type=int, default=4)
+    p.add_argument("--preset", nargs="*", default=[])
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    cfg = load_preset(*args.preset)
+    rl = cfg["rl"]
+    # no validation inside the timed iterations except the unavoidable last one, no checkpoints
+    rl.update(iterations=args.iterations, eval_every=10**6, checkpoint_every=10**6, eval_prompts=1)
+    res = Path(cfg["out_dir"])
+    policy = cfg.get("policies", {}).get(rl["base_policy"], res / "models" / "sft" / rl["base_policy"])
+    stage_cfg = json.dumps({k: cfg[k] for k in ("rl", "task", "sampling", "seed")})
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for algo in args.algos:
+            out = Path(tmp) / algo
+            rl_main(["--cfg", stage_cfg, "--algo", algo, "--policy", str(policy), "--data", str(res / "data"),
+                     "--out", str(out), "--ckpt", str(Path(tmp) / f"ck_{algo}"), "--threads", str(args.threads)])
+            m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+            timed = m[1:] or m  # the first iteration pays one-off warm-up (DeepSpeed op build, allocator)
+            rows[algo] = (sum(r["iter_s"] for r in timed) / len(timed), m[-1]["samples"] / len(m),
+                          m[-1]["flops"] / len(m))
+    print(f"{args.iterations} iterations (first one untimed) x {rl['prompts_per_iter']} prompts x {rl['samples_per_prompt']} samples, "
+          f"vineppo_k={rl.get('vineppo_k', 9)}, threads={args.threads}")
+    print("| method | s / iteration | samples / iteration | FLOPs / iteration | time vs RLOO | FLOPs vs RLOO |")
+    print("|---|---:|---:|---:|---:|---:|")
+    base = rows.get("rloo")
+    for algo, (t, s, f) in rows.items():
+        rt = f"{t / base[0]:.1f}x" if base else ""
+        rf = f"{f / base[2]:.1f}x" if base else ""
+        print(f"| {algo} | {t:.2f} | {s:.0f} | {f:.3g} | {rt} | {rf} |")
+
+
+if __name__ == "__main__":
+    main()
