@@ -100,6 +100,27 @@ def agreement_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def prefix_success_counts(sampler, prefixes: list[list[int]], n_prompt: list[int], records: list[dict],
+                          task_cfg: dict, *, n: int, temperature: float, max_new_tokens: int, seed: int,
+                          share_prefix: bool = True, response_budget: int | None = None,
+                          desc: str = "mc completions") -> list[int]:
+    """How many of n sampled completions of each token-id prefix reach the right answer: the
+    Monte-Carlo value estimate shared by MC labelling (Q_hat) and VinePPO (V_hat). `n_prompt[i]`
+    leading tokens of prefix i are the prompt of `records[i]`; the response so far plus each
+    completion is judged. With `response_budget`, a completion is cut where the whole response
+    would pass that many tokens, as the policy's own responses are."""
+    gens = sampler.generate_from_prefixes(prefixes, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
+                                          seed=seed, share_prefix=share_prefix, desc=desc)
+    tok = sampler.tokenizer
+    out = []
+    for prefix, n_p, record, completions in zip(prefixes, n_prompt, records, gens):
+        done = list(prefix[n_p:])
+        keep = None if response_budget is None else max(0, response_budget - len(done))
+        out.append(sum(judge(record, tok.decode(done + list(g.token_ids[:keep]), skip_special_tokens=True),
+                             task_cfg)["outcome"] for g in completions))
+    return out
+
+
 # ---- the stage ----
 
 SEED_SELECTIONS = ("random", "first_pit")
@@ -168,17 +189,11 @@ def main(argv=None) -> None:
         """Correct completions out of n_mc for each (seed index or None, step h, prompt id)."""
         prefixes = [prompt_ids[pid] + ([] if i is None else seeds[i]["response_ids"][: seeds[i]["step_token_ends"][h]])
                     for i, h, pid in owners]
-        gens = sampler.generate_from_prefixes(prefixes, n=n_mc, temperature=float(mc["temperature"]),
-                                              max_new_tokens=int(samp["max_new_tokens"]),
-                                              seed=int(cfg["seed"]) + 7919 * round_idx,
-                                              share_prefix=bool(mc.get("share_prefix", True)), desc=desc)
-        out = []
-        for (i, h, pid), prefix, completions in zip(owners, prefixes, gens):
-            n_prompt = len(prompt_ids[pid])
-            out.append(sum(judge({"answer": answers[pid]}, tokenizer.decode(prefix[n_prompt:] + g.token_ids,
-                                                                             skip_special_tokens=True), task_cfg)["outcome"]
-                           for g in completions))
-        return out
+        return prefix_success_counts(sampler, prefixes, [len(prompt_ids[pid]) for _, _, pid in owners],
+                                     [{"answer": answers[pid]} for _, _, pid in owners], task_cfg, n=n_mc,
+                                     temperature=float(mc["temperature"]), max_new_tokens=int(samp["max_new_tokens"]),
+                                     seed=int(cfg["seed"]) + 7919 * round_idx,
+                                     share_prefix=bool(mc.get("share_prefix", True)), desc=desc)
 
     # the bare prompt once per prompt (V(x)), then prompt + steps 1..h
     v_owners = [(None, -1, pid) for pid in prompt_ids]

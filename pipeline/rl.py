@@ -31,6 +31,7 @@ from .advantages import OUTCOME_ADVANTAGES, kl_k3, masked_mean, ppo_clip_loss, s
 from .engine import build_engine, config_hash, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_policy
 from .flops import Compute, count_params
+from .mc_label import prefix_success_counts
 from .modeling import load_policy, save_policy
 from .sampler import HFSampler
 from .scoring import collate, join_responses, split_responses, token_logprobs
@@ -75,15 +76,11 @@ def vineppo_token_advantages(sampler, encoded: list[list[int]], records: list[di
                 if tends[h - 1] < max_new_tokens:
                     prefixes.append(encoded[p] + list(g.token_ids[:tends[h - 1]]))
                     owners.append((p, k, h))
-    comps = sampler.generate_from_prefixes(prefixes, n=k_aux, temperature=temperature, max_new_tokens=max_new_tokens,
-                                           seed=seed, desc="vineppo values")
-    values: dict[tuple, float] = {}
-    for (p, k, h), prefix, cs in zip(owners, prefixes, comps):
-        done = prefix[len(encoded[p]):]
-        budget = max_new_tokens - len(done)
-        wins = [judge(records[p], tok.decode(done + list(c.token_ids[:budget]), skip_special_tokens=True),
-                      task_cfg)["outcome"] for c in cs]
-        values[(p, k, h)] = sum(wins) / len(wins)
+    wins = prefix_success_counts(sampler, prefixes, [len(encoded[p]) for p, _, _ in owners],
+                                 [records[p] for p, _, _ in owners], task_cfg, n=k_aux, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, seed=seed, response_budget=max_new_tokens,
+                                 desc="vineppo values")
+    values = {owner: w / k_aux for owner, w in zip(owners, wins)}
     adv_tok, all_values = [], []
     for p, k, tends in plan:
         n_tok, outcome = len(gens[p][k].token_ids), float(rewards[p, k])
