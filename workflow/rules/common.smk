@@ -21,10 +21,14 @@ PY = shlex.quote(sys.executable)  # the interpreter running Snakemake (the proje
 SPLITS = data_splits(config)
 
 
-def cfg_json(*keys):
+def cfg_json(*keys, **sections):
     """The config sections a rule uses, as one shell-quoted JSON argument. Passed as a rule
-    param so Snakemake's params trigger reruns exactly the rules whose values changed."""
-    return shlex.quote(json.dumps({k: config[k] for k in keys if k in config}, sort_keys=True))
+    param so Snakemake's params trigger reruns exactly the rules whose values changed.
+    `sections` adds or replaces sections with a rule's own view of them (a stage reused with
+    other settings, or only the keys one job reads)."""
+    cfg = {k: config[k] for k in keys if k in config}
+    cfg.update(sections)
+    return shlex.quote(json.dumps(cfg, sort_keys=True))
 
 
 def res(rule_name):

@@ -6,8 +6,7 @@ def rl_cfg(algo):
     """The rl section as one algorithm sees it: without the list of algorithms and without other
     methods' keys, so adding a method or tuning one reruns nothing else."""
     rl = {k: v for k, v in config["rl"].items() if k != "algos" and METHOD_KEYS.get(k, algo) == algo}
-    return shlex.quote(json.dumps({"rl": rl, "task": config["task"], "sampling": config["sampling"],
-                                   "seed": config["seed"]}, sort_keys=True))
+    return cfg_json("task", "sampling", "seed", rl=rl)
 
 
 rule rl:

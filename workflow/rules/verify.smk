@@ -9,8 +9,7 @@ IS_TESTBED = config["task"]["name"] == "arith"
 def pool_cfg():
     """The rollouts stage, reconfigured to draw verify.pool_size samples of verify.n_prompts prompts."""
     ro = {"n_prompts": VERIFY["n_prompts"], "n_samples": VERIFY["pool_size"], "temperature": VERIFY["temperature"]}
-    return shlex.quote(json.dumps({"rollouts": ro, "task": config["task"], "sampling": config["sampling"],
-                                   "seed": config["seed"]}, sort_keys=True))
+    return cfg_json("task", "sampling", "seed", rollouts=ro)
 
 
 rule bon_pool:
@@ -50,7 +49,7 @@ rule score_pool:
         rm="|".join(VERIFY_RMS),
     params:
         # only the batch size: changing how the pools are evaluated must not rescore them
-        cfg=shlex.quote(json.dumps({"verify": {"score_batch_size": VERIFY.get("score_batch_size", 64)}})),
+        cfg=cfg_json(verify={"score_batch_size": VERIFY.get("score_batch_size", 64)}),
         inputs=" ".join(f"{g}={OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS) + f" calib={VERIFY_CALIB}",
         out=f"{OUT}/verify/scores/{{rm}}",
     log:
@@ -109,8 +108,7 @@ def search_cfg(wc):
     """The search stage's config: the `search` section at one beam width, on the pools' prompts."""
     sc = {k: v for k, v in SEARCH.items() if k not in ("policy", "verifiers", "beam_widths")}
     sc.update(beam_width=int(wc.width), n_prompts=VERIFY["n_prompts"])
-    return shlex.quote(json.dumps({"search": sc, "task": config["task"], "sampling": config["sampling"],
-                                   "seed": config["seed"]}, sort_keys=True))
+    return cfg_json("task", "sampling", "seed", search=sc)
 
 
 rule beam_search:
