@@ -20,14 +20,17 @@ mean / product). Verifier evaluation and RL use only this interface.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
+from .flops import count_params
 from .mc_label import best_of_k, step_advantages
 from .rm_losses import implicit_token_rewards, step_rewards
 from .scoring import collate, join_responses, split_responses, token_logprobs
+from .steps import step_token_ends
 from .utils import atomic_dir
 
 HEAD_KINDS = ("orm", "prm", "pav")
@@ -53,18 +56,45 @@ def aggregate(step_scores: list[float], how: str) -> float:
     raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}; got {how!r}")
 
 
+def scoring_examples(rows: list[dict], tokenizer) -> list[dict | None]:
+    """What the scoring interface needs, {prompt_ids, response_ids, step_token_ends}, for rows
+    with `prompt`, `response_ids` and `step_ends` (or `step_token_ends`), aligned with `rows`:
+    None for a row without a response or steps. Each distinct prompt is tokenised once."""
+    prompt_cache: dict[str, list[int]] = {}
+    out: list[dict | None] = []
+    for r in rows:
+        ends = r.get("step_token_ends") or (step_token_ends(tokenizer, r["response_ids"], r["step_ends"])
+                                            if r["response_ids"] and r["step_ends"] else [])
+        if not r["response_ids"] or not ends:
+            out.append(None)
+            continue
+        if r["prompt"] not in prompt_cache:
+            prompt_cache[r["prompt"]] = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
+        out.append({"prompt_ids": prompt_cache[r["prompt"]], "response_ids": r["response_ids"], "step_token_ends": ends})
+    return out
+
+
 def score_positions(prompt_len: int, step_token_ends: list[int]) -> list[int]:
     """Sequence index of the last token of each step: where a head reads that step's score."""
     return [prompt_len + e - 1 for e in step_token_ends]
 
 
 class HeadRewardModel:
-    scores_are_probabilities = True
-
     def __init__(self, model, tokenizer, kind: str, meta: dict):
         if kind not in HEAD_KINDS:
             raise ValueError(f"head reward model kind must be one of {HEAD_KINDS}, got {kind!r}")
         self.model, self.tokenizer, self.kind, self.meta = model, tokenizer, kind, meta
+
+    @property
+    def scores_are_probabilities(self) -> bool:
+        """ORM / PRM step scores are sigmoid(head); PAV's Q + alpha * A is not a probability
+        (it may leave [0, 1]), so `product` and probability-valued voting weights do not apply."""
+        return self.kind != "pav"
+
+    @property
+    def n_scoring_params(self) -> int:
+        """Parameters of the forward passes one scoring call runs (FLOPs = 2 * this * tokens)."""
+        return count_params(self.model)
 
     @classmethod
     def init_from_policy(cls, policy_path: str, kind: str, meta: dict | None = None) -> "HeadRewardModel":
@@ -143,6 +173,11 @@ class ImplicitPRM:
         self.model, self.ref_model, self.tokenizer, self.meta = model, ref_model, tokenizer, meta
         self.kind, self.beta = "implicit", float(meta["beta"])
 
+    @property
+    def n_scoring_params(self) -> int:
+        """Parameters of the forward passes one scoring call runs: pi_phi, plus pi_ref if loaded."""
+        return count_params(self.model) + (count_params(self.ref_model) if self.ref_model is not None else 0)
+
     @classmethod
     def init_from_policy(cls, policy_path: str, meta: dict) -> "ImplicitPRM":
         """pi_phi and pi_ref both start from the policy (Implicit PRM / PRIME)."""
@@ -160,15 +195,22 @@ class ImplicitPRM:
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
         ref = None
         if use_ref:
-            ref = AutoModelForCausalLM.from_pretrained(meta["ref_policy"], trust_remote_code=False)
+            # a local reference is found relative to this model, not to the current directory,
+            # so loading from elsewhere (or a moved results tree) cannot pick up another policy
+            rel = meta.get("ref_policy_from_model")
+            ref_path = Path(path) / rel if rel and (Path(path) / rel).is_dir() else meta["ref_policy"]
+            ref = AutoModelForCausalLM.from_pretrained(ref_path, trust_remote_code=False)
             ref.eval().requires_grad_(False)
         return cls(model, ref, tokenizer, meta)
 
     def save(self, out_dir: str | Path) -> None:
+        meta = {**self.meta, "kind": "implicit"}
+        if Path(meta["ref_policy"]).is_dir():  # a hub id stays as it is
+            meta["ref_policy_from_model"] = os.path.relpath(Path(meta["ref_policy"]).resolve(), Path(out_dir).resolve())
         with atomic_dir(out_dir) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
-            (tmp / "rm_meta.json").write_text(json.dumps({**self.meta, "kind": "implicit"}, indent=2, sort_keys=True))
+            (tmp / "rm_meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     def response_token_rewards(self, model, examples: list[dict], ref_logps: list[torch.Tensor] | None = None
                                ) -> list[torch.Tensor]:

@@ -35,7 +35,7 @@ whole response, as for rollouts).
 
 Text handling: a step is the sampled text cut after the first delimiter (a BPE token may carry
 text past it). The prefix for the next step and the reward models' inputs re-tokenise
-prompt and response text separately (as `train_rm.build_examples` does), with EOS appended
+prompt and response text separately (through `reward_models.scoring_examples`), with EOS appended
 to a finished response.
 """
 from __future__ import annotations
@@ -47,10 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .flops import Compute, count_params
-from .reward_models import AGGREGATIONS, aggregate, load_reward_model
+from .flops import Compute
+from .reward_models import AGGREGATIONS, aggregate, load_reward_model, scoring_examples
 from .sampler import make_sampler
-from .steps import split_steps_with_ends, step_token_ends
+from .steps import split_steps_with_ends
 from .task import format_prompt, judge
 from .utils import read_jsonl, stage_parser, start_stage, write_json, write_jsonl
 
@@ -203,28 +203,25 @@ def make_expand(sampler, prompt_ids: list[list[int]], *, delimiter: str, max_new
 
 
 def rm_examples(tokenizer, prompts: list[str], reqs, delimiter: str) -> tuple[list[dict], list[int]]:
-    """Scoring examples {prompt_ids, response_ids, step_token_ends} for (prompt index, steps,
-    finished) requests, and the indices of those with at least one non-blank step."""
-    examples, keep = [], []
-    for j, (p, steps, finished) in enumerate(reqs):
+    """Scoring examples for (prompt index, steps, finished) requests, through the one
+    row -> example path (`reward_models.scoring_examples`), and the indices of the requests that
+    have at least one non-blank step. A finished response gets its EOS back."""
+    rows = []
+    for p, steps, finished in reqs:
         text = "".join(steps)
-        _, ends = split_steps_with_ends(text, delimiter)
-        if not ends:
-            continue
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if finished and tokenizer.eos_token_id is not None:
             ids = ids + [tokenizer.eos_token_id]
-        examples.append({"prompt_ids": tokenizer(prompts[p], add_special_tokens=False)["input_ids"],
-                         "response_ids": ids, "step_token_ends": step_token_ends(tokenizer, ids, ends)})
-        keep.append(j)
-    return examples, keep
+        rows.append({"prompt": prompts[p], "response_ids": ids, "step_ends": split_steps_with_ends(text, delimiter)[1]})
+    examples = scoring_examples(rows, tokenizer)
+    keep = [j for j, ex in enumerate(examples) if ex is not None]
+    return [examples[j] for j in keep], keep
 
 
 def make_scorer(rm, prompts: list[str], *, delimiter: str, how: str, compute: Compute,
                 batch_size: int = 64) -> Score:
     """`score` backed by a reward model: `how` aggregates the step scores (`last`: the newest
     step's). A response with no non-blank step scores -inf. Scored tokens go into `compute`."""
-    n_params = count_params(rm.model) + (count_params(rm.ref_model) if getattr(rm, "ref_model", None) else 0)
 
     def score(reqs):
         examples, keep = rm_examples(rm.tokenizer, prompts, reqs, delimiter)
@@ -232,7 +229,8 @@ def make_scorer(rm, prompts: list[str], *, delimiter: str, how: str, compute: Co
         if examples:
             for j, s in zip(keep, rm.step_scores(examples, batch_size)):
                 out[j] = aggregate(s, how)
-            compute.add_scoring(n_params, sum(len(e["prompt_ids"]) + len(e["response_ids"]) for e in examples))
+            compute.add_scoring(rm.n_scoring_params, sum(len(e["prompt_ids"]) + len(e["response_ids"])
+                                                         for e in examples))
         return out
 
     return score
@@ -267,7 +265,7 @@ def main(argv=None) -> None:
         if verifier.kind != "pav":
             raise SystemExit(f"config key search.alpha applies to a PAV verifier; {args.verifier} is {verifier.kind!r}")
         verifier.meta["alpha"] = float(sc["alpha"])
-    if how == "product" and not getattr(verifier, "scores_are_probabilities", True):
+    if how == "product" and not verifier.scores_are_probabilities:
         raise SystemExit("config key search.aggregation: product needs probability scores; the verifier's are not")
     prompt_ids = [sampler.tokenizer(x, add_special_tokens=False)["input_ids"] for x in prompts]
     expand = make_expand(sampler, prompt_ids, delimiter=delimiter, max_new_tokens=int(samp["max_new_tokens"]),

@@ -29,10 +29,10 @@ from tqdm import tqdm
 from .engine import build_engine
 from .flops import Compute, count_params
 from .metrics import auroc, within_group_auroc
-from .reward_models import AGGREGATIONS, HeadRewardModel, ImplicitPRM, aggregate, score_positions
+from .reward_models import (AGGREGATIONS, HeadRewardModel, ImplicitPRM, aggregate, score_positions,
+                            scoring_examples)
 from .rm_losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss
 from .scoring import collate, split_responses, token_logprobs
-from .steps import step_token_ends
 from .utils import check_finite, read_json, read_jsonl, seed_everything, stage_parser, start_stage, write_json
 
 log = logging.getLogger("pipeline.train_rm")
@@ -40,21 +40,19 @@ log = logging.getLogger("pipeline.train_rm")
 
 def build_examples(rows: list[dict], tokenizer, kind: str | None, prm_label: str = "se") -> list[dict]:
     """Examples {prompt_ids, response_ids, step_token_ends, positions, targets} from seed
-    rollouts (orm) or MC label rows (prm, pav); kind None: only what scoring needs."""
+    rollouts (orm) or MC label rows (prm, pav), skipping rows without steps; kind None: only
+    what scoring needs."""
     out = []
-    for r in rows:
-        prompt_ids = tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
-        ends = r.get("step_token_ends") or step_token_ends(tokenizer, r["response_ids"], r["step_ends"])
-        if not r["response_ids"] or not ends:
+    for r, ex in zip(rows, scoring_examples(rows, tokenizer)):
+        if ex is None:
             continue
-        ex = {"prompt_ids": prompt_ids, "response_ids": r["response_ids"], "step_token_ends": ends}
-        if kind is None:
-            pass
-        elif kind == "orm":  # read where scoring reads the last step (its final token), not at EOS
-            ex["positions"] = score_positions(len(prompt_ids), ends)[-1:]
+        ex = dict(ex)
+        n_prompt, ends = len(ex["prompt_ids"]), ex["step_token_ends"]
+        if kind == "orm":  # read where scoring reads the last step (its final token), not at EOS
+            ex["positions"] = score_positions(n_prompt, ends)[-1:]
             ex["targets"] = [float(r["outcome"])]
-        else:
-            ex["positions"] = score_positions(len(prompt_ids), ends)
+        elif kind is not None:
+            ex["positions"] = score_positions(n_prompt, ends)
             ex["targets"] = [float(x) for x in (r["he"] if kind == "prm" and prm_label == "he" else r["q_hat"])]
         out.append(ex)
     return out

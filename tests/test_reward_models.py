@@ -3,6 +3,7 @@ aggregation, training targets and the loss, by hand."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -153,6 +154,21 @@ def test_implicit_prm_rewards_are_zero_at_init_and_match_log_ratio(policy_dir, t
     again = load_reward_model(tmp_path / "implicit")
     assert isinstance(again, ImplicitPRM) and again.meta["ref_policy"] == str(policy_dir)
     assert [x for s in again.step_scores(ex) for x in s] == pytest.approx([x for s in scores for x in s], abs=1e-6)
+    # the reference is found relative to the model: loading from another directory whose own
+    # relative path of the same name holds a different policy still picks the right one
+    other = tmp_path / "elsewhere"
+    tok2 = build_char_tokenizer()
+    save_policy(build_tiny_llama(tok2, TINY, seed=7), tok2, other / policy_dir.name)
+    cwd = os.getcwd()
+    try:
+        prm.meta["ref_policy"] = policy_dir.name  # as Snakemake records it: relative to its workdir
+        os.chdir(policy_dir.parent)
+        prm.save(tmp_path / "implicit_rel")
+        os.chdir(other)
+        moved = load_reward_model(tmp_path / "implicit_rel")
+    finally:
+        os.chdir(cwd)
+    assert [x for s in moved.step_scores(ex) for x in s] == pytest.approx([x for s in scores for x in s], abs=1e-6)
     no_ref = load_reward_model(tmp_path / "implicit", use_ref=False)
     with torch.no_grad():
         lp = token_logprobs(no_ref.model, batch) * batch["response_mask"]

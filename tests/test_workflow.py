@@ -84,7 +84,8 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
     for name in cfg["rm"]["models"]:
         m = json.loads((res / "rm" / name / "metrics.json").read_text())
         assert {"auroc_min", "auroc_last", "auroc_mean", "step_auroc"} <= set(m)
-        assert ("auroc_product" in m) == (not name.startswith("implicit"))  # implicit scores are log-ratios
+        # implicit scores are log-ratios and PAV's are Q + alpha * A: no product of probabilities
+        assert ("auroc_product" in m) == (not name.startswith("implicit") and name != "pav")
         assert m["train_flops"] > 0 and m["total_flops"] == pytest.approx(m["train_flops"] + m["data_flops"])
         assert (res / "rm" / name / "model" / "rm_meta.json").exists()
     orm_cost = json.loads((res / "rm" / "orm" / "metrics.json").read_text())["data_flops"]
