@@ -1,10 +1,11 @@
 """Time per RL iteration of each method against RLOO, side by side in one run.
 
-    python benchmarks/bench_rl_iteration.py [--algos rloo grpo vineppo] [--iterations 3] [--preset ...]
+    python benchmarks/bench_rl_iteration.py [--algos rloo grpo prime ...] [--iterations 4] [--preset ...]
 
 Runs the real RL stage (`pipeline.rl.main`) for a few iterations of each algorithm from the
 tiny preset's base policy (results/models/sft/<rl.base_policy>, results/data; build them with
-`snakemake -c2 results/models/sft`), validation disabled, and prints the mean iteration time,
+`snakemake -c2 results/models/sft/medium results/rm/pav/metrics.json results/rm/implicit_ce/metrics.json`:
+PAV-RL and PRIME-frozen read those reward models), validation disabled, and prints the mean iteration time,
 samples and FLOPs per iteration (auxiliary rollouts included) and their ratios to RLOO. The
 first iteration of each run is left out of the time (one-off warm-up).
 """
@@ -15,13 +16,13 @@ import json
 import tempfile
 from pathlib import Path
 
-from pipeline.config import load_preset
+from pipeline.config import load_preset, rl_reward_model
 from pipeline.rl import main as rl_main
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--algos", nargs="+", default=["rloo", "grpo", "vineppo"])
+    p.add_argument("--algos", nargs="+", default=None, help="default: the preset's rl.algos")
     p.add_argument("--iterations", type=int, default=4)
     p.add_argument("--preset", nargs="*", default=[])
     p.add_argument("--threads", type=int, default=2)
@@ -35,10 +36,12 @@ def main() -> None:
     stage_cfg = json.dumps({k: cfg[k] for k in ("rl", "task", "sampling", "seed")})
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for algo in args.algos:
+        for algo in args.algos or rl["algos"]:
             out = Path(tmp) / algo
+            rm = rl_reward_model(cfg, algo)
             rl_main(["--cfg", stage_cfg, "--algo", algo, "--policy", str(policy), "--data", str(res / "data"),
-                     "--out", str(out), "--ckpt", str(Path(tmp) / f"ck_{algo}"), "--threads", str(args.threads)])
+                     "--out", str(out), "--ckpt", str(Path(tmp) / f"ck_{algo}"), "--threads", str(args.threads),
+                     *(["--rm", str(res / "rm" / rm / "model")] if rm else [])])
             m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
             timed = m[1:] or m  # the first iteration pays one-off warm-up (DeepSpeed op build, allocator)
             rows[algo] = (sum(r["iter_s"] for r in timed) / len(timed), m[-1]["samples"] / len(m),

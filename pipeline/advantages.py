@@ -68,21 +68,40 @@ def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     return out
 
 
-def prime_advantages(token_rewards: list[torch.Tensor], outcomes: torch.Tensor, gamma: float = 1.0
-                     ) -> list[torch.Tensor]:
+def accuracy_band(rewards: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """PRIME's online prompt filter: [P, K] outcomes -> [P] bool, True where the group's
+    accuracy lies in [lo, hi] (inclusive; PRIME: [0.2, 0.8]), so all-solved and none-solved
+    prompts, which carry no outcome signal, are dropped before the PRM and policy updates."""
+    acc = rewards.float().mean(-1)
+    return (acc >= lo - 1e-9) & (acc <= hi + 1e-9)
+
+
+def prime_advantages(token_rewards: list[torch.Tensor], outcomes: torch.Tensor, gamma: float = 1.0,
+                     outcome_adv: str = "rloo") -> list[torch.Tensor]:
     """PRIME (Cui et al., eq. 5) for the K responses of one prompt:
     A_t^i = sum_{s>=t} gamma^(s-t) [r_phi(y_s^i) - mean_{j!=i} rbar^j] + r_o^i - mean_{j!=i} r_o^j,
     where rbar^j is the mean implicit process reward over the tokens of response j (the paper's
     "average of implicit process rewards" as the leave-one-out baseline; the two returns are
-    computed separately and added). The released code also rescales by K/(K-1) and whitens the
-    advantages; we follow the paper."""
+    computed separately and added). `outcome_adv="grpo"` swaps the outcome term for GRPO's
+    group-normalised one (PRIME with GRPO as the base algorithm). The released code also
+    rescales by K/(K-1) and whitens the advantages; we follow the paper."""
     K = len(token_rewards)
     if K < 2 or outcomes.shape[-1] != K:
         raise ValueError("PRIME needs K >= 2 responses with one outcome each")
+    if outcome_adv not in OUTCOME_ADVANTAGES:
+        raise ValueError(f"PRIME's outcome advantage is one of {sorted(OUTCOME_ADVANTAGES)}, got {outcome_adv!r}")
     means = torch.stack([r.float().mean() if r.numel() else torch.tensor(0.0) for r in token_rewards])
     base = (means.sum() - means) / (K - 1)
-    out_adv = rloo_advantages(outcomes.float().unsqueeze(0)).squeeze(0)
+    out_adv = OUTCOME_ADVANTAGES[outcome_adv](outcomes.float().unsqueeze(0)).squeeze(0)
     return [discounted_returns(r.float() - base[i], gamma) + out_adv[i] for i, r in enumerate(token_rewards)]
+
+
+def pav_step_advantages(outcome_adv: float, prover_adv: list[float], alpha: float) -> list[float]:
+    """PAV-RL (Setlur et al.): the policy gradient weights step h by Q^pi(s_h, a_h) + alpha *
+    A^mu(s_h, a_h). Q^pi of the *current* policy is its own Monte-Carlo return, the outcome,
+    here with the RLOO baseline (`outcome_adv`); A^mu, the progress under the prover, comes
+    from the trained PAV. Returns one advantage per step."""
+    return [float(outcome_adv) + alpha * float(a) for a in prover_adv]
 
 
 def vineppo_step_advantages(values: list[float], outcome: float) -> list[float]:
@@ -133,3 +152,43 @@ def jepo_multisample_terms(answer_logp: torch.Tensor) -> tuple[torch.Tensor, tor
     loo = torch.stack([torch.logsumexp(torch.cat([lp[:i], lp[i + 1:]]), -1) for i in range(n)]) \
         - torch.log(torch.tensor(float(n - 1)))
     return L - loo, torch.softmax(lp, -1)
+
+
+def jepo_weights(answer_logp: torch.Tensor, multisample: bool = False, normalize: bool = True,
+                 clip: float | None = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """JEPO's per-sample weights for one prompt's n chains of thought, from R_i = log pi(a*|x,c_i):
+    (policy-gradient advantage of c_i, weight of the supervised term grad log pi(a*|x,c_i)).
+    Jensen bound: leave-one-out advantages and supervised weight 1 for every sample.
+    Multi-sample bound: VIMCO leave-one-out terms and weights n * p_i / sum_j p_j (so both
+    bounds put total weight n on the supervised term). Advantages are then divided by the
+    std of R and clipped (published: std-normalised, clip 1)."""
+    lp = answer_logp.float()
+    if multisample:
+        adv, w = jepo_multisample_terms(lp)
+        w = w * lp.shape[-1]
+        if normalize:
+            adv = adv / (lp.std(unbiased=True) + 1e-6)
+        if clip is not None:
+            adv = adv.clamp(-clip, clip)
+        return adv, w
+    return jepo_advantages(lp, normalize=normalize, clip=clip), torch.ones_like(lp)
+
+
+def jepo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, cot_mask: torch.Tensor,
+              answer_weight: torch.Tensor, mask: torch.Tensor, clip_eps: float = 0.2, sup_coef: float = 1.0
+              ) -> tuple[torch.Tensor, dict]:
+    """JEPO's surrogate on sequences x + c_i + a*: PPO-clipped policy gradient on the
+    chain-of-thought tokens (cot_mask) plus sup_coef * answer_weight * log pi on the reference
+    answer's tokens (answer_weight is 0 on c), both summed over tokens and divided by one
+    count, the response tokens in the batch (mask), so the two terms keep the estimator's
+    ratio. All tensors [B, T]."""
+    ratio = torch.exp(logp - old_logp)
+    surr = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv) * cot_mask
+    sup = sup_coef * answer_weight * logp
+    denom = mask.sum().clamp_min(1.0)
+    loss = -((surr + sup) * mask).sum() / denom
+    with torch.no_grad():
+        pg = cot_mask * mask
+        clipped = ((ratio - 1).abs() > clip_eps).float()
+        stats = {"clip_frac": ((clipped * pg).sum() / pg.sum().clamp_min(1.0)).item()}
+    return loss, stats

@@ -113,10 +113,42 @@ def semantic_problems(cfg: dict) -> list[str]:
         problems.append("config key rm.models: the ORM ('orm') is needed: it picks best-of-N and beam answers")
     if sc.get("alpha") is not None and any(not v.startswith("pav") for v in sc["verifiers"]):
         problems.append("config key search.alpha: applies to PAV verifiers only")
+    rl = cfg["rl"]
+    kinds = {"pav": ("pav", "a PAV"), "prime_frozen": ("implicit_", "an implicit PRM"),
+             "prime": ("implicit_", "an implicit PRM")}
+    keys = {"pav": "rl.pav.rm", "prime_frozen": "rl.prime.frozen_prm", "prime": "rl.prime.prm_init"}
+    for algo in rl["algos"]:
+        name = rl_reward_model(cfg, algo)
+        if algo in kinds and name is not None:
+            prefix, kind = kinds[algo]
+            if name not in rm_models or not name.startswith(prefix):
+                problems.append(f"config key {keys[algo]}: {name!r} must be {kind} reward model listed in "
+                                f"rm.models {rm_models}")
+        elif algo in ("pav", "prime_frozen"):
+            problems.append(f"config key {keys[algo]}: required when rl.algos has {algo!r}")
+    lo, hi = rl.get("prime", {}).get("acc_band", [0.0, 1.0])
+    if lo > hi:
+        problems.append(f"config key rl.prime.acc_band: [{lo}, {hi}] is empty (min > max)")
+    if rl.get("reference", "rloo") not in rl["algos"] and "reference" in rl:
+        problems.append(f"config key rl.reference: {rl['reference']!r} is not in rl.algos {rl['algos']}")
     for need in ("train", "val"):
         if need not in splits:
             problems.append(f"config key task.sources: RL needs a {need!r} split")
     return problems
+
+
+def rl_reward_model(cfg: dict, algo: str) -> str | None:
+    """The trained reward model (a name in rm.models) an RL algorithm reads, or None: PAV-RL's
+    PAV, the frozen implicit PRM of PRIME without online update, PRIME's PRM init when it names
+    one (`policy`, the default, starts the PRM from the base policy)."""
+    rl = cfg["rl"]
+    if algo == "pav":
+        return rl.get("pav", {}).get("rm")
+    if algo == "prime_frozen":
+        return rl.get("prime", {}).get("frozen_prm")
+    if algo == "prime" and rl.get("prime", {}).get("prm_init", "policy") != "policy":
+        return rl["prime"]["prm_init"]
+    return None
 
 
 def merge_configs(base: dict, overlay: dict) -> dict:

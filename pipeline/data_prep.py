@@ -2,7 +2,10 @@
 
 - task.name == "arith": the synthetic testbed, generated from fixed seeds. Eval splits are
   drawn first and excluded from train, so no test problem is ever trained on; `ood` uses the
-  longer `ood_chain_len`.
+  longer `ood_chain_len`. `task.arith.answer_format` (default "value") picks the answer line:
+  the final value, or in "longform" the running value after every operation ("7 4 9"); it
+  changes only how answers and solutions are written, not which problems are drawn, and
+  value-format data are byte-identical to data made before the option existed.
 - otherwise: each split comes from a real dataset through `pipeline.loaders` (hub id or a
   local file), converted to the common record schema.
 """
@@ -20,7 +23,7 @@ SPLITS = ("train", "val", "test", "ood")
 
 def arith_splits(task_cfg: dict, seed: int) -> dict[str, list[dict]]:
     a = task_cfg["arith"]
-    spec = ArithSpec.from_cfg(a)
+    spec = ArithSpec.from_cfg(a)  # carries answer_format; so does the OOD spec
     ood_spec = ArithSpec.from_cfg(a, chain_key="ood_chain_len")
     sizes = a["sizes"]
     out: dict[str, list[dict]] = {}

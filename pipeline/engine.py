@@ -114,23 +114,30 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_checkpoint(engine, ckpt_dir: str | Path, step: int, cfg_hash: str, client_state: dict) -> None:
+def save_checkpoint(engine, ckpt_dir: str | Path, step: int, cfg_hash: str, client_state: dict,
+                    extra_engines: dict | None = None) -> None:
+    """Save `engine` (and any `extra_engines`, e.g. PRIME's online PRM, each under
+    ckpt_dir/<name>/) at one tag, then publish the tag once: a kill between the saves leaves
+    the previous checkpoint of every engine in charge, so they can never resume out of step."""
     ckpt_dir = Path(ckpt_dir)
     tag = f"step{step:07d}"
+    for name, extra in (extra_engines or {}).items():
+        extra.save_checkpoint(str(ckpt_dir / name), tag=tag, client_state={}, save_latest=False)
     # our state travels under one key: DeepSpeed adds reserved keys of its own to the
     # client state it returns, and refuses them when they are passed back in.
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"pipeline_state": client_state, "rng": rng_state()},
                            save_latest=False)
     write_json(ckpt_dir / "latest.json", {"tag": tag, "step": step, "config_hash": cfg_hash})
-    for old in ckpt_dir.glob("step*"):  # keep only the published checkpoint
-        if old.name != tag:
-            shutil.rmtree(old, ignore_errors=True)
+    for d in [ckpt_dir, *(ckpt_dir / name for name in (extra_engines or {}))]:
+        for old in d.glob("step*"):  # keep only the published checkpoint
+            if old.name != tag:
+                shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint %s saved to %s", tag, ckpt_dir)
 
 
-def load_checkpoint(engine, ckpt_dir: str | Path, cfg_hash: str) -> dict | None:
-    """Restore engine + RNG from the published checkpoint; returns its client state, or
-    None when there is nothing (valid) to resume."""
+def load_checkpoint(engine, ckpt_dir: str | Path, cfg_hash: str, extra_engines: dict | None = None) -> dict | None:
+    """Restore engine (+ `extra_engines`, as saved) + RNG from the published checkpoint;
+    returns its client state, or None when there is nothing (valid) to resume."""
     latest = Path(ckpt_dir) / "latest.json"
     if not latest.exists():
         return None
@@ -143,6 +150,11 @@ def load_checkpoint(engine, ckpt_dir: str | Path, cfg_hash: str) -> dict | None:
                                              load_lr_scheduler_states=True)
     if client_state is None or "pipeline_state" not in client_state:
         raise RuntimeError(f"checkpoint {ckpt_dir}/{meta['tag']} could not be loaded")
+    for name, extra in (extra_engines or {}).items():
+        path, _ = extra.load_checkpoint(str(Path(ckpt_dir) / name), tag=meta["tag"], load_optimizer_states=True,
+                                        load_lr_scheduler_states=True)
+        if path is None:
+            raise RuntimeError(f"checkpoint {ckpt_dir}/{name}/{meta['tag']} could not be loaded")
     set_rng_state(client_state["rng"])
     log.info("resumed from %s/%s (step %d)", ckpt_dir, meta["tag"], meta["step"])
     return client_state["pipeline_state"]

@@ -25,15 +25,19 @@ def evaluate_policy(sampler, records: list[dict], task_cfg: dict, *, k: int, tem
     result: dict = {"n_prompts": len(records), "k": k, "temperature": temperature}
     gens = sampler.generate(prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                             desc="eval")
-    correct, first_errors, wrong_process_right_answer = 0, Counter(), 0
+    correct, first_errors, wrong_process_right_answer, final_value = 0, Counter(), 0, []
     for r, gs in zip(records, gens):
         for g in gs:
             j = judge(r, g.text, task_cfg)
             correct += j["outcome"]
+            if "final_value_correct" in j:  # testbed: the final value, whatever the answer format
+                final_value.append(int(j["final_value_correct"]))
             if j.get("first_error") is not None:
                 first_errors[j["first_error"]] += 1
                 wrong_process_right_answer += j["outcome"]
     result["pass1"] = correct / max(1, len(records) * k)
+    if final_value:  # equals pass1 unless the answer is long-form (then pass1 is the whole line's match)
+        result["final_value_pass1"] = sum(final_value) / len(final_value)
     result["first_error_hist"] = {str(h): c for h, c in sorted(first_errors.items())}
     result["right_answer_wrong_process"] = wrong_process_right_answer
     if greedy:
@@ -47,15 +51,16 @@ def main(argv=None) -> None:
     p.add_argument("--policy", required=True, help="model directory or hub id")
     p.add_argument("--data", required=True, help="directory with <split>.jsonl")
     p.add_argument("--out", required=True, help="output JSON")
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed index (moves the sampling seeds)")
     args, cfg = start_stage(p, argv)
     ev, task_cfg, samp = cfg["eval"], cfg["task"], cfg["sampling"]
     t0 = time.time()
     sampler = make_sampler(samp, model_path=args.policy)
-    out = {"policy": args.policy, "splits": {}}
+    out = {"policy": args.policy, "seed_index": args.seed, "splits": {}}
     for i, split in enumerate(ev["splits"]):
         records = read_jsonl(Path(args.data) / f"{split}.jsonl")
         res = evaluate_policy(sampler, records, task_cfg, k=int(ev["k"]), temperature=float(ev["temperature"]),
-                              max_new_tokens=int(samp["max_new_tokens"]), seed=int(cfg["seed"]) + 1000 * i,
+                              max_new_tokens=int(samp["max_new_tokens"]), seed=int(cfg["seed"]) + 1000 * i + 100_003 * args.seed,
                               greedy=bool(ev.get("greedy", True)))
         out["splits"][split] = res
         log.info("%s: pass@1 %.3f greedy %s", split, res["pass1"], res.get("greedy"))

@@ -1,19 +1,36 @@
-"""Stage: online RL of a policy with outcome rewards (RLOO or GRPO) or VinePPO's Monte-Carlo
-step advantages, PPO-style clipping and an optional KL penalty to the initial policy.
+"""Stage: online RL of a policy: outcome-only RLOO / GRPO and the dense-reward methods PRIME,
+PAV-RL, VinePPO and JEPO, as options of one loop (PPO-style clipping, optional KL penalty to
+the initial policy).
 
 Each iteration: draw `prompts_per_iter` training prompts, sample `samples_per_prompt`
-responses from the current policy through the sampler interface, grade them, compute
-group advantages, and take PPO minibatch steps through DeepSpeed. Metrics go to a JSONL
-log per iteration (with validation pass@1 every `eval_every` iterations); checkpoints
-every `checkpoint_every` iterations make a killed job resume where it left off.
+responses from the current policy through the sampler interface, grade them, form per-token
+advantages, and take PPO minibatch steps through DeepSpeed. Metrics go to a JSONL log per
+iteration (with validation pass@1 every `eval_every` iterations); checkpoints every
+`checkpoint_every` iterations make a killed job resume where it left off. `--seed S` picks
+the run's seed (prompt order, sampling), so the same config runs several seeds.
 
-The dense-reward methods change how the per-token advantages `adv_tok` are formed, not the
-loop. VinePPO (`algo: vineppo`): from every step boundary of every response, `rl.vineppo_k`
-auxiliary completions under the *current* policy give V_hat(s_h) (the bare prompt's value is
-shared by the prompt's responses); step advantages A_h = V(s_{h+1}) - V(s_h), with the
-outcome in place of V after the last step; every token of a step gets its step's advantage.
-Completions of one prefix share its computation (`generate_from_prefixes`), and every
-auxiliary token counts as the method's compute. PRIME, PAV-RL and JEPO are to follow.
+The methods differ only in how the per-token advantages `adv_tok` are formed
+(formulas: ../shared/METHODS.md; the pure functions live in advantages.py):
+- rloo / grpo: the group advantage of the outcome on every token.
+- prime: an implicit PRM pi_phi (initialised from the policy, or from a trained implicit PRM
+  with `rl.prime.prm_init`; frozen reference) gives token rewards beta * log(pi_phi/pi_ref).
+  Prompts whose group accuracy is outside `rl.prime.acc_band` are dropped; the PRM is updated
+  online with the CE loss on the policy's own rollouts and outcomes (one forward per sample
+  gives both the rewards and the update, as in PRIME's Algorithm 1); the advantage adds the
+  leave-one-out process-reward return (discount `gamma`) to the RLOO (or GRPO) outcome term.
+- prime_frozen: the same with no online update, the PRM being an implicit PRM trained offline
+  on seed rollouts (`rl.prime.frozen_prm`): PRIME's "without online update" ablation.
+- pav: step h gets the RLOO outcome advantage (the Monte-Carlo estimate of Q^pi of the current
+  policy) plus alpha * A^mu(s_h, a_h), the progress under the Best-of-K prover predicted by the
+  trained PAV (`rl.pav.rm`, `rl.pav.alpha`).
+- vineppo: from every step boundary, `rl.vineppo_k` auxiliary completions under the *current*
+  policy give V_hat(s_h) (V(x) shared by a prompt's responses); A_h = V(s_{h+1}) - V(s_h), the
+  outcome in place of V after the last step. Completions of one prefix share its computation
+  and every auxiliary token counts as the method's compute.
+- jepo: no verifier. The policy is trained on x + c_i + a*, its chain of thought c_i followed by
+  the reference answer a* (`task.answer_text`): a policy gradient on c_i with reward
+  log pi(a* | x, c_i) (leave-one-out, std-normalised, clipped; or the multi-sample bound) plus
+  the supervised term on a*. The grader is called for logging only.
 """
 from __future__ import annotations
 
@@ -27,24 +44,29 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .advantages import OUTCOME_ADVANTAGES, kl_k3, masked_mean, ppo_clip_loss, step_to_token, vineppo_step_advantages
+from .advantages import (OUTCOME_ADVANTAGES, accuracy_band, jepo_loss, jepo_weights, kl_k3, masked_mean,
+                         pav_step_advantages, ppo_clip_loss, prime_advantages, rloo_advantages, step_to_token,
+                         vineppo_step_advantages)
 from .engine import build_engine, config_hash, load_checkpoint, save_checkpoint
 from .evaluate import evaluate_policy
 from .flops import Compute, count_params
 from .mc_label import prefix_success_counts
 from .modeling import load_policy, save_policy
+from .reward_models import HeadRewardModel, ImplicitPRM
+from .rm_losses import ce_loss
 from .sampler import HFSampler
 from .scoring import collate, join_responses, split_responses, token_logprobs
 from .steps import split_steps_with_ends, step_token_ends
-from .task import format_prompt, judge
+from .task import answer_text, cot_end, format_prompt, judge
 from .utils import (check_finite, read_json, read_jsonl, seed_everything,
                     stage_parser, start_stage, write_json, write_jsonl)
 
 log = logging.getLogger("pipeline.rl")
 
 
-DENSE_ALGOS = ("vineppo",)
+DENSE_ALGOS = ("prime", "prime_frozen", "pav", "vineppo", "jepo")
 ALGOS = tuple(sorted(OUTCOME_ADVANTAGES)) + DENSE_ALGOS
+NEEDS_RM = ("prime_frozen", "pav")  # algorithms that read a trained reward model (--rm)
 
 
 def compute_advantages(algo: str, rewards: torch.Tensor) -> torch.Tensor:
@@ -53,6 +75,12 @@ def compute_advantages(algo: str, rewards: torch.Tensor) -> torch.Tensor:
     if algo not in OUTCOME_ADVANTAGES:
         raise ValueError(f"outcome advantages are one of {sorted(OUTCOME_ADVANTAGES)}, got {algo!r}")
     return OUTCOME_ADVANTAGES[algo](rewards)
+
+
+def response_step_token_ends(tokenizer, gen, delimiter: str) -> list[int]:
+    """Token count covering each step of a generated response ([] for a response without steps)."""
+    _, ends = split_steps_with_ends(gen.text, delimiter)
+    return step_token_ends(tokenizer, gen.token_ids, ends) if ends else []
 
 
 def vineppo_token_advantages(sampler, encoded: list[list[int]], records: list[dict], gens, rewards: torch.Tensor,
@@ -69,8 +97,7 @@ def vineppo_token_advantages(sampler, encoded: list[list[int]], records: list[di
     plan = []
     for p, gs in enumerate(gens):
         for k, g in enumerate(gs):
-            _, ends = split_steps_with_ends(g.text, delim)
-            tends = step_token_ends(tok, g.token_ids, ends) if ends else []
+            tends = response_step_token_ends(tok, g, delim)
             plan.append((p, k, tends))
             for h in range(1, len(tends)):
                 if tends[h - 1] < max_new_tokens:
@@ -93,6 +120,70 @@ def vineppo_token_advantages(sampler, encoded: list[list[int]], records: list[di
     return adv_tok, all_values
 
 
+def pav_token_advantages(pav: HeadRewardModel, encoded: list[list[int]], gens, rewards: torch.Tensor,
+                         delimiter: str, alpha: float, batch_size: int) -> tuple[list[torch.Tensor], list[float]]:
+    """PAV-RL's per-token advantages for gens[p][k]: on step h, the RLOO outcome advantage plus
+    alpha * A^mu_h from the trained PAV (`pav_step_advantages`); a response without steps gets
+    the outcome advantage alone. Also returns every step's prover advantage (for logging)."""
+    out_adv = rloo_advantages(rewards)
+    flat = [(p, k, g, response_step_token_ends(pav.tokenizer, g, delimiter)) for p, gs in enumerate(gens)
+            for k, g in enumerate(gs)]
+    examples = [{"prompt_ids": encoded[p], "response_ids": g.token_ids, "step_token_ends": te}
+                for p, k, g, te in flat if te]
+    terms = iter(pav.pav_terms(examples, batch_size))
+    adv_tok, prover = [], []
+    for p, k, g, te in flat:
+        if not te:
+            adv_tok.append(torch.full((len(g.token_ids),), float(out_adv[p, k])))
+            continue
+        a_mu = next(terms)["a_prover"]
+        prover += a_mu
+        adv_tok.append(step_to_token(pav_step_advantages(float(out_adv[p, k]), a_mu, alpha), te, len(g.token_ids)))
+    return adv_tok, prover
+
+
+def prime_token_rewards(prm: ImplicitPRM, prm_engine, examples: list[dict], labels: torch.Tensor, mb: int,
+                        iteration: int) -> tuple[list[torch.Tensor], float | None]:
+    """The implicit PRM's token rewards beta * log(pi_phi/pi_ref) for each example and, with an
+    engine (online update), one CE step per minibatch on the outcome labels. The rewards come
+    from the same forward as the update (before its step), as in PRIME's Algorithm 1."""
+    rewards: list[torch.Tensor] = []
+    losses = []
+    for s in range(0, len(examples), mb):
+        chunk, lab = examples[s:s + mb], labels[s:s + mb]
+        if prm_engine is None:
+            with torch.no_grad():
+                prm.model.eval()
+                tr = prm.response_token_rewards(prm.model, chunk)
+        else:
+            prm_engine.train()
+            tr = prm.response_token_rewards(prm_engine, chunk)
+            r = torch.stack([t.sum() for t in tr])
+            loss = ce_loss(r, lab.to(r.device))
+            check_finite(loss.item(), "prime PRM loss", iteration)
+            prm_engine.backward(loss)
+            prm_engine.step()
+            losses.append(loss.item())
+        rewards.extend(t.detach().float().cpu() for t in tr)
+    return rewards, (sum(losses) / len(losses) if losses else None)
+
+
+def jepo_sequences(tokenizer, records: list[dict], gens, task_cfg: dict) -> tuple[list[list[int]], list[int]]:
+    """JEPO trains on x + c + a*: each response cut where its chain of thought ends (before its
+    own answer line) and followed by the reference answer a* and EOS. Returns the response
+    part of each sequence and the number of its chain-of-thought tokens."""
+    eos = tokenizer.eos_token_id
+    answers = [tokenizer(answer_text(r, task_cfg), add_special_tokens=False)["input_ids"] + [eos] for r in records]
+    seqs, n_cot = [], []
+    for p, gs in enumerate(gens):
+        for g in gs:
+            end = cot_end(g.text, task_cfg)
+            n = step_token_ends(tokenizer, g.token_ids, [end])[0] if end > 0 else 0
+            seqs.append(list(g.token_ids[:n]) + answers[p])
+            n_cot.append(n)
+    return seqs, n_cot
+
+
 @torch.no_grad()
 def response_logprobs(model, prompt_ids, response_ids, pad_id, mb: int) -> list[torch.Tensor]:
     """log pi(y_t | x, y_<t) over each response's tokens, one 1-D tensor per sample."""
@@ -103,6 +194,11 @@ def response_logprobs(model, prompt_ids, response_ids, pad_id, mb: int) -> list[
     return out
 
 
+def mean_or_none(xs) -> float | None:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
 def main(argv=None) -> None:
     p = stage_parser(__doc__)
     p.add_argument("--algo", required=True)
@@ -110,13 +206,20 @@ def main(argv=None) -> None:
     p.add_argument("--data", required=True, help="directory with train.jsonl and val.jsonl")
     p.add_argument("--out", required=True, help="output directory: policy/ and metrics.jsonl")
     p.add_argument("--ckpt", required=True, help="resume checkpoint directory")
+    p.add_argument("--seed", type=int, default=0, help="run seed: config seed * 1000 + this")
+    p.add_argument("--rm", default=None, help="trained reward model dir (pav: the PAV; prime_frozen: an implicit "
+                                              "PRM; prime: the PRM's init when rl.prime.prm_init names one)")
     args, cfg = start_stage(p, argv)
     rl, task_cfg, samp = cfg["rl"], cfg["task"], cfg["sampling"]
-    seed = int(cfg["seed"])
+    seed = int(cfg["seed"]) * 1000 + int(args.seed)
     seed_everything(seed)
     algo = args.algo
     if algo not in ALGOS:  # fail fast, before loading anything
         raise SystemExit(f"--algo {algo!r}: rl algorithms are {', '.join(ALGOS)}")
+    if algo in NEEDS_RM and not args.rm:
+        raise SystemExit(f"--algo {algo} needs --rm (a trained reward model directory)")
+    prime_cfg, pav_cfg, jepo_cfg = rl.get("prime", {}), rl.get("pav", {}), rl.get("jepo", {})
+    delim = task_cfg.get("step_delimiter", "\n")
 
     model, tokenizer = load_policy(args.policy)
     n_params = count_params(model)
@@ -132,9 +235,32 @@ def main(argv=None) -> None:
     engine = build_engine(model, rl, total_steps=iters * steps_per_iter, micro_batch_size=mb)
     sampler = HFSampler(engine.module, tokenizer, batch_size=samp["batch_size"], progress=False)
 
-    ckpt, chash = Path(args.ckpt), config_hash({**cfg, "algo": algo, "policy": args.policy})
-    state = load_checkpoint(engine, ckpt, chash) or {"iteration": 0, "metrics": [], "compute": Compute().to_dict(),
-                                                      "wall_s": 0.0}
+    # the method's reward model: PRIME's implicit PRM (online engine or frozen), PAV's verifier
+    prm, prm_engine, pav_rm, extra_engines = None, None, None, {}
+    if algo in ("prime", "prime_frozen"):
+        if algo == "prime_frozen" or prime_cfg.get("prm_init", "policy") != "policy":
+            if not args.rm:
+                raise SystemExit("rl.prime.prm_init names a trained implicit PRM: pass it with --rm")
+            prm = ImplicitPRM.load(args.rm)  # keeps the beta it was trained with
+        else:
+            prm = ImplicitPRM.init_from_policy(args.policy, {"beta": float(prime_cfg.get("beta", 0.05))})
+        if algo == "prime":
+            prm_train = {**rl, "lr": float(prime_cfg.get("lr", rl["lr"]))}
+            prm_engine = build_engine(prm.model, prm_train, total_steps=iters * -(-P * K // mb), micro_batch_size=mb)
+            extra_engines = {"prm": prm_engine}
+        else:
+            prm.model.eval().requires_grad_(False)
+    elif algo == "pav":
+        pav_rm = HeadRewardModel.load(args.rm)
+        if pav_rm.kind != "pav":
+            raise SystemExit(f"--rm {args.rm}: a {pav_rm.kind!r} reward model, PAV-RL needs a PAV")
+        pav_rm.model.eval()
+    prm_params = count_params(prm.model) if prm is not None else 0
+
+    ckpt = Path(args.ckpt)
+    chash = config_hash({**cfg, "algo": algo, "policy": args.policy, "seed_index": args.seed, "rm": args.rm})
+    state = load_checkpoint(engine, ckpt, chash, extra_engines) or {
+        "iteration": 0, "metrics": [], "compute": Compute().to_dict(), "wall_s": 0.0}
     compute = Compute.from_dict(state["compute"])
     t_start = time.time() - state["wall_s"]
     pad = tokenizer.pad_token_id
@@ -148,8 +274,8 @@ def main(argv=None) -> None:
     if state["iteration"] == 0 and not state["metrics"]:
         state["metrics"].append({"iteration": 0, "val_pass1": validate(0), "samples": 0, "flops": 0.0,
                                  "wall_s": 0.0})
-    for it in tqdm(range(state["iteration"], iters), desc=f"rl {algo}", initial=state["iteration"], total=iters,
-                   mininterval=5):
+    for it in tqdm(range(state["iteration"], iters), desc=f"rl {algo} s{args.seed}", initial=state["iteration"],
+                   total=iters, mininterval=5):
         t_it = time.time()
         rng = random.Random(seed * 1_000_003 + it)  # prompts are a function of the iteration
         records = [train[i] for i in rng.sample(range(len(train)), P)]
@@ -157,36 +283,84 @@ def main(argv=None) -> None:
         sampler.compute = Compute()  # this iteration's sampling cost
         gens = sampler.generate(prompts, n=K, temperature=float(rl["temperature"]),
                                 max_new_tokens=int(samp["max_new_tokens"]), seed=seed * 7_919 + it)
+        # outcomes: the reward of every method but JEPO, which logs them only
         rewards = torch.tensor([[float(judge(r, g.text, task_cfg)["outcome"]) for g in gs]
                                 for r, gs in zip(records, gens)])
         encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]  # once per prompt, K samples share it
         prompt_ids = [ids for ids in encoded for _ in range(K)]
         response_ids = [g.token_ids for gs in gens for g in gs]
-        n_tokens = sum(len(a) + len(b) for a, b in zip(prompt_ids, response_ids))
         n_policy_samples = sampler.compute.samples
+        extra: dict = {}
+        train_idx = list(range(P * K))  # the samples the policy is trained on
+        cot_tok = sup_tok = None        # JEPO only: chain-of-thought mask, answer-term weights
 
         # per-token advantages, one vector per response: outcome methods broadcast the
-        # sequence advantage; dense-reward methods fill them per step
+        # sequence advantage; dense-reward methods fill them per step or per token
         if algo == "vineppo":
             adv_tok, _ = vineppo_token_advantages(sampler, encoded, records, gens, rewards, task_cfg,
                                                   k_aux=int(rl.get("vineppo_k", 9)),
                                                   temperature=float(rl["temperature"]),
                                                   max_new_tokens=int(samp["max_new_tokens"]), seed=seed * 104_729 + it)
+        elif algo == "pav":
+            adv_tok, a_mu = pav_token_advantages(pav_rm, encoded, gens, rewards, delim, float(pav_cfg.get("alpha", 3.0)),
+                                                 mb)
+            compute.add_scoring(pav_rm.n_scoring_params, sum(len(a) + len(b) for a, b in zip(prompt_ids, response_ids)))
+            extra["prover_adv_mean"] = mean_or_none(a_mu)
+        elif algo in ("prime", "prime_frozen"):
+            lo, hi = prime_cfg.get("acc_band", [0.2, 0.8])
+            kept = [i for i, keep in enumerate(accuracy_band(rewards, float(lo), float(hi)).tolist()) if keep]
+            train_idx = [i * K + k for i in kept for k in range(K)]
+            adv_tok = [torch.zeros(len(r)) for r in response_ids]
+            extra.update(kept_frac=len(kept) / P, prm_loss=None, process_reward_mean=None)
+            if kept:
+                examples = [{"prompt_ids": prompt_ids[i], "response_ids": response_ids[i]} for i in train_idx]
+                tr, extra["prm_loss"] = prime_token_rewards(prm, prm_engine, examples, rewards[kept].flatten(), mb, it)
+                n_tok = sum(len(e["prompt_ids"]) + len(e["response_ids"]) for e in examples)
+                if prm_engine is not None:  # the reward forward is the update's forward
+                    compute.add_training(prm_params, n_tok)
+                else:
+                    compute.add_scoring(prm_params, n_tok)
+                compute.add_scoring(count_params(prm.ref_model), n_tok)
+                extra["process_reward_mean"] = float(torch.cat(tr).mean())
+                for j, i in enumerate(kept):
+                    advs = prime_advantages(tr[j * K:(j + 1) * K], rewards[i], float(prime_cfg.get("gamma", 1.0)),
+                                            prime_cfg.get("base", "rloo"))
+                    for k in range(K):
+                        adv_tok[i * K + k] = advs[k]
+        elif algo == "jepo":
+            response_ids, n_cot = jepo_sequences(tokenizer, records, gens, task_cfg)
         else:
             adv = compute_advantages(algo, rewards).flatten()
             adv_tok = [torch.full((len(r),), float(a)) for r, a in zip(response_ids, adv)]
         aux_samples = sampler.compute.samples - n_policy_samples
         compute = compute.merge(sampler.compute)  # every generated token, auxiliary ones included
 
+        prompt_ids = [prompt_ids[i] for i in train_idx]
+        response_ids = [response_ids[i] for i in train_idx]
+        n_tokens = sum(len(a) + len(b) for a, b in zip(prompt_ids, response_ids))
         engine.eval()
         old_logp = response_logprobs(engine.module, prompt_ids, response_ids, pad, mb)
         ref_logp = response_logprobs(ref_model, prompt_ids, response_ids, pad, mb) if ref_model else None
         compute.add_scoring(n_params, n_tokens * (2 if ref_model else 1))
+        if algo == "jepo":  # the reward log pi(a* | x, c_i) comes from the same forward as the old log-probs
+            answer_logp = torch.stack([lp[n:].sum() for lp, n in zip(old_logp, n_cot)]).view(P, K)
+            adv_tok, cot_tok, sup_tok = [], [], []
+            for i in range(P):
+                a, w = jepo_weights(answer_logp[i], multisample=bool(jepo_cfg.get("multisample", False)),
+                                    normalize=bool(jepo_cfg.get("normalize", True)), clip=jepo_cfg.get("clip", 1.0))
+                for k in range(K):
+                    n, total = n_cot[i * K + k], len(response_ids[i * K + k])
+                    adv_tok.append(torch.cat([torch.full((n,), float(a[k])), torch.zeros(total - n)]))
+                    cot_tok.append(torch.cat([torch.ones(n), torch.zeros(total - n)]))
+                    sup_tok.append(torch.cat([torch.zeros(n), torch.full((total - n,), float(w[k]))]))
+            extra["answer_logp_mean"] = answer_logp.mean().item()
+        else:
+            adv_tok = [adv_tok[i] for i in train_idx]
 
         engine.train()
         order = list(range(len(prompt_ids)))
         losses, clip_fracs, kls = [], [], []
-        for epoch in range(epochs):
+        for epoch in range(epochs if order else 0):  # PRIME may have filtered every prompt out
             if epoch > 0:
                 rng.shuffle(order)
             for s in range(0, len(order), mb):
@@ -196,7 +370,12 @@ def main(argv=None) -> None:
                 mask = batch["response_mask"].to(logp.device)
                 old = join_responses([old_logp[i] for i in idx], batch).to(logp.device)
                 a_t = join_responses([adv_tok[i] for i in idx], batch).to(logp.device)
-                loss, stats = ppo_clip_loss(logp, old, a_t, mask, float(rl["clip_eps"]))
+                if algo == "jepo":
+                    loss, stats = jepo_loss(logp, old, a_t, join_responses([cot_tok[i] for i in idx], batch).to(logp.device),
+                                            join_responses([sup_tok[i] for i in idx], batch).to(logp.device), mask,
+                                            float(rl["clip_eps"]), float(jepo_cfg.get("sup_coef", 1.0)))
+                else:
+                    loss, stats = ppo_clip_loss(logp, old, a_t, mask, float(rl["clip_eps"]))
                 if ref_logp is not None:
                     ref = join_responses([ref_logp[i] for i in idx], batch).to(logp.device)
                     kl = masked_mean(kl_k3(logp, ref), mask)
@@ -212,25 +391,25 @@ def main(argv=None) -> None:
         row = {"iteration": it + 1, "reward_mean": rewards.mean().item(),
                "solved_all_frac": (rewards.min(1).values == 1).float().mean().item(),
                "solved_none_frac": (rewards.max(1).values == 0).float().mean().item(),
-               "loss": sum(losses) / len(losses), "clip_frac": sum(clip_fracs) / len(clip_fracs),
-               "kl": sum(kls) / len(kls) if kls else None,
-               "response_len": sum(len(r) for r in response_ids) / len(response_ids), "aux_samples": aux_samples,
-               "samples": compute.samples, "flops": compute.flops, "iter_s": time.time() - t_it}
+               "loss": mean_or_none(losses), "clip_frac": mean_or_none(clip_fracs), "kl": mean_or_none(kls),
+               "response_len": sum(len(g.token_ids) for gs in gens for g in gs) / (P * K), "aux_samples": aux_samples,
+               **extra, "samples": compute.samples, "flops": compute.flops, "iter_s": time.time() - t_it}
         if (it + 1) % int(rl["eval_every"]) == 0 or it + 1 == iters:
             row["val_pass1"] = validate(it + 1)
         row["wall_s"] = time.time() - t_start
         state["metrics"].append(row)
-        log.info("it %d reward %.3f loss %.4f val %s", it + 1, row["reward_mean"], row["loss"], row.get("val_pass1"))
+        log.info("it %d reward %.3f loss %s val %s", it + 1, row["reward_mean"], row["loss"], row.get("val_pass1"))
         if (it + 1) % int(rl["checkpoint_every"]) == 0 and it + 1 < iters:
             state.update(iteration=it + 1, compute=compute.to_dict(), wall_s=row["wall_s"])
-            save_checkpoint(engine, ckpt, it + 1, chash, state)
+            save_checkpoint(engine, ckpt, it + 1, chash, state, extra_engines)
 
     out = Path(args.out)
     base_meta_path = Path(args.policy) / "policy_meta.json"
     base_meta = read_json(base_meta_path) if base_meta_path.exists() else {}
-    meta = {"algo": algo, "init_policy": args.policy, "iterations": iters, "rl_compute": compute.to_dict(),
-            "rl_samples": compute.samples, "rl_flops": compute.flops, "init_policy_meta": base_meta,
-            "n_params": n_params, "wall_s": time.time() - t_start}
+    meta = {"algo": algo, "seed": seed, "seed_index": args.seed, "init_policy": args.policy, "reward_model": args.rm,
+            "iterations": iters, "rl_compute": compute.to_dict(), "rl_samples": compute.samples,
+            "rl_flops": compute.flops, "init_policy_meta": base_meta, "n_params": n_params,
+            "wall_s": time.time() - t_start}
     save_policy(engine.module, tokenizer, out / "policy", extra_files={"policy_meta.json": json.dumps(meta, indent=2)})
     write_jsonl(out / "metrics.jsonl", state["metrics"])
     write_json(out / "summary.json", meta)

@@ -98,13 +98,30 @@ class HFSampler(Sampler):
     @torch.no_grad()
     def generate_from_prefixes(self, prefixes: list[list[int]], n: int = 1, *, temperature: float = 1.0,
                                top_p: float = 1.0, max_new_tokens: int = 64, seed: int = 0, share_prefix: bool = True,
-                               stop: str | None = None, desc: str = "completions") -> list[list[Generation]]:
+                               stop: str | None = None, desc: str = "completions", sort: bool = True,
+                               compact: bool = True) -> list[list[Generation]]:
         """n continuations of each token-id prefix (MC partial rollouts, VinePPO values, search steps).
 
         With `share_prefix` the prefix is encoded once and its KV cache is copied n times, so
         prefill costs len(prefix) instead of n * len(prefix) tokens; `share_prefix=False` is the
         naive way (n copies encoded), kept for the benchmark. Decoding is a plain loop over the
         cache: sample from softmax(logits / T) with optional nucleus filtering, stop at EOS.
+
+        On CPU the decode loop costs about (steps x rows in the batch), so two things keep
+        rows that have nothing left to do out of it (benchmarks/bench_prefix_decode.py):
+        - `sort`: prefixes are batched longest first (a stable sort, so ties keep the caller's
+          order) and the output is put back in the caller's order. A long prefix is near the end
+          of its response and needs few more tokens, so a batch holds rows of similar need and
+          similar length (little left padding).
+        - `compact`: a row that is done (EOS or `stop`) is dropped from the running batch (KV
+          cache, attention mask and next tokens selected alike) once at least a quarter of the
+          live rows finished since the last compaction, rather than being fed padding until
+          the whole batch is done; waiting for a quarter keeps the copies to a few per batch.
+        Neither changes what a row computes, so greedy completions are the same either way.
+        A row also keeps its random numbers when others leave (`sample_rows`), so compaction
+        leaves sampled completions as they were too; sorting changes them (a prefix lands in
+        another batch, with another seed), still seeded and deterministic. `sort=False,
+        compact=False` is the earlier loop (same batches, same draws), kept for the benchmark.
 
         With `stop` a row also ends at the first token whose text completes `stop` (see
         `Sampler.generate_from_prefixes`; the caller truncates text after the delimiter). The
@@ -116,14 +133,18 @@ class HFSampler(Sampler):
         device = next(model.parameters()).device
         eos, pad = tok.eos_token_id, tok.pad_token_id
         per_batch = max(1, self.batch_size // max(1, n))
-        out: list[list[Generation]] = []
+        order = list(range(len(prefixes)))
+        if sort:  # longest first; stable, so equal lengths keep the caller's order
+            order.sort(key=lambda i: -len(prefixes[i]))
+        out: list[list[Generation] | None] = [None] * len(prefixes)
         was_training = model.training
         model.eval()
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
             for b_idx, start in enumerate(tqdm(range(0, len(prefixes), per_batch), desc=desc,
                                                disable=not self.progress, leave=False)):
                 torch.manual_seed(seed * 1_000_003 + b_idx)
-                chunk = prefixes[start:start + per_batch]
+                idx = order[start:start + per_batch]
+                chunk = [prefixes[i] for i in idx]
                 L = max(len(p) for p in chunk)
                 ids = torch.full((len(chunk), L), pad, dtype=torch.long)
                 mask = torch.zeros((len(chunk), L), dtype=torch.long)
@@ -143,34 +164,67 @@ class HFSampler(Sampler):
                     fwd = model(input_ids=ids, attention_mask=mask, use_cache=True)
                     cache, logits = fwd.past_key_values, fwd.logits[:, -1]
                     prefill = n * sum(len(p) for p in chunk)
+                del fwd
+                stops = None if stop is None else self._stop_masks(stop, logits.shape[-1], device)
                 rows = logits.shape[0]
-                tokens: list[list[int]] = [[] for _ in range(rows)]
-                done = torch.zeros(rows, dtype=torch.bool, device=device)
-                if stop is not None:
-                    stop_full, stop_tail = self._stop_masks(stop, logits.shape[-1], device)
-                for _ in range(max_new_tokens):
-                    nxt = sample_next(logits, temperature, top_p)
-                    for r in torch.nonzero(~done).flatten().tolist():
-                        tokens[r].append(int(nxt[r]))
-                    if stop is not None:
-                        hit = stop_full[nxt] & ~done
-                        for r in torch.nonzero(stop_tail[nxt] & ~done).flatten().tolist():
-                            if stop in tok.decode(tokens[r][-len(stop):], skip_special_tokens=True):
-                                hit[r] = True
-                        done |= hit
-                    done |= nxt == eos
-                    if bool(done.all()):
-                        break
-                    nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-                    mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
-                    fwd = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, past_key_values=cache, use_cache=True)
-                    cache, logits = fwd.past_key_values, fwd.logits[:, -1]
+                tokens = self._decode(cache, logits, mask, temperature, top_p, max_new_tokens, stop, stops, compact)
                 gens = [Generation(tok.decode(t, skip_special_tokens=True), t, bool(t) and t[-1] == eos) for t in tokens]
-                out.extend(gens[i * n:(i + 1) * n] for i in range(len(chunk)))
+                for j, i in enumerate(idx):
+                    out[i] = gens[j * n:(j + 1) * n]
                 self.compute.add_sampling(self.n_params, prefill, sum(len(t) for t in tokens), rows)
         if was_training:
             model.train()
         return out
+
+    def _decode(self, cache, logits, mask, temperature, top_p, max_new_tokens, stop, stops,
+                compact) -> list[list[int]]:
+        """The decode loop of `generate_from_prefixes` for one prefilled batch (`cache`, the
+        last position's `logits` and the attention `mask`, one row each): the tokens of each
+        row. `live[b]` is the row at batch position b; with `compact` finished positions are
+        dropped from the cache, the mask and the next tokens alike."""
+        tok, model = self.tokenizer, self.model
+        rows = logits.shape[0]
+        if stop is not None:
+            stop_full, stop_tail = stops
+        eos, pad = tok.eos_token_id, tok.pad_token_id
+        device = logits.device
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        live, at = list(range(rows)), None   # at: `live` as a tensor once rows have left
+        done = torch.zeros(rows, dtype=torch.bool, device=device)
+        n_done = 0  # positions in the batch that are done (since the last compaction)
+        for _ in range(max_new_tokens):
+            nxt = sample_rows(logits, temperature, top_p, rows, at)
+            drawn = nxt.tolist()
+            if n_done:
+                for b in torch.nonzero(~done).flatten().tolist():
+                    tokens[live[b]].append(drawn[b])
+            else:
+                for b, t in enumerate(drawn):
+                    tokens[live[b]].append(t)
+            if stop is not None:
+                hit = stop_full[nxt] & ~done
+                for b in torch.nonzero(stop_tail[nxt] & ~done).flatten().tolist():
+                    if stop in tok.decode(tokens[live[b]][-len(stop):], skip_special_tokens=True):
+                        hit[b] = True
+                done |= hit
+            done |= nxt == eos
+            n_done = int(done.sum())
+            if n_done == len(live):
+                break
+            if compact and 4 * n_done >= len(live):
+                keep = torch.nonzero(~done).flatten()
+                cache.batch_select_indices(keep)
+                mask, nxt = mask[keep], nxt[keep]
+                live = [live[b] for b in keep.tolist()]
+                at = torch.tensor(live, device=device)
+                done = torch.zeros(len(live), dtype=torch.bool, device=device)
+                n_done = 0
+            if n_done:
+                nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
+            fwd = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, past_key_values=cache, use_cache=True)
+            cache, logits = fwd.past_key_values, fwd.logits[:, -1]
+        return tokens
 
     def _stop_masks(self, stop: str, vocab_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Boolean masks over token ids, computed once per (stop, vocab size, device) and cached:
@@ -199,17 +253,41 @@ class HFSampler(Sampler):
         return self._stop_cache[key]
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """One token per row from softmax(logits / T), restricted to the top-p nucleus; argmax at T=0."""
-    if temperature == 0:
-        return logits.argmax(-1)
+def _probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """softmax(logits / T) per row, restricted to the top-p nucleus (not renormalised)."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         sorted_p, order = probs.sort(-1, descending=True)
         outside = sorted_p.cumsum(-1) - sorted_p >= top_p  # keep the smallest set reaching top_p
         sorted_p = sorted_p.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1).squeeze(-1)
+    return probs
+
+
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row from softmax(logits / T), restricted to the top-p nucleus; argmax at T=0."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    return torch.multinomial(_probs(logits, temperature, top_p), 1).squeeze(-1)
+
+
+def sample_rows(logits: torch.Tensor, temperature: float, top_p: float, rows: int,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+    """`sample_next` for a batch that rows leave as they finish: `logits[b]` belongs to row
+    `at[b]` of a batch of `rows` (all of them when `at` is None). Each call draws the random
+    numbers of all `rows` rows and row r always uses its own, so what a row samples does not
+    depend on which other rows are still in the batch. The draw is an exponential race:
+    argmax_i p_i / E_i with E_i ~ Exp(1) independent picks token i with probability p_i. It
+    is also how torch.multinomial(p, 1) draws (checked on torch 2.13, CPU): with `at=None` it
+    gives the same tokens as `sample_next` for the same seed."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = _probs(logits, temperature, top_p)
+    race = torch.empty((rows, probs.shape[-1]), dtype=probs.dtype, device=probs.device).exponential_()
+    if at is not None:
+        race = race[at]
+    # E = 0 (an edge case of the generator) would give 0/0 for a token outside the nucleus
+    return (probs / race.clamp_(min=torch.finfo(race.dtype).tiny)).argmax(-1)
 
 
 def _strip_after_eos(ids: list[int], eos_id: int, pad_id: int) -> list[int]:

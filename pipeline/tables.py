@@ -1,14 +1,45 @@
-"""Stage: result tables and plots.
+"""Stage: the online-RL results table (table2) and validation curves, over several seeds.
 
-table2: one row per policy (base, then each RL method), one column per eval split
-(mean pass@1 over k samples), `avg` over splits, greedy accuracy per split, and the RL
-training samples and FLOPs spent. Also plots validation pass@1 against RL iteration.
+Inputs: for every method one evaluate.py JSON per seed (`--eval METHOD=a.json,b.json`),
+and for every RL method one RL run directory per seed, in the same seed order
+(`--rl METHOD=dir_a,dir_b`; each holds summary.json and metrics.jsonl). `base` (the
+starting policy) has evals but no RL runs.
+
+table2.csv has one row per method (base first, then the others in --eval order):
+
+  method, n_seeds       the method and how many seeds it was run with
+  <split>               pass@1 on that eval split (mean over k samples), mean over seeds
+  <split>_greedy        greedy accuracy on that split, mean over seeds (if the evals have it)
+  <split>_final_value   with --final-value (long-form answers): the share of samples whose
+                        final value is right, mean over seeds
+  avg                   mean over splits of the <split> columns
+  spread                sample std (ddof=1) over seeds of each seed's own split-average
+                        (0.0 with one seed); avg_min / avg_max: its min and max over seeds
+  train_samples         RL samples generated (auxiliary MC samples included), mean over seeds
+  train_flops           RL FLOPs, mean over seeds
+  wall_s                RL wall-clock seconds, mean over seeds (0 for base)
+  iters_to_target       sample efficiency. The target is the reference method's (--reference,
+  samples_to_target     default rloo) final validation pass@1, mean over its seeds. On a
+  efficiency_vs_ref     method's mean validation curve (mean over seeds at each iteration
+                        where every seed was validated) the first iteration reaching the
+                        target, the mean cumulative samples at that iteration, and
+                        reference's iterations / this method's iterations (2.0 = reached it in
+                        half the iterations; the reference itself is 1.0). "not reached" if the
+                        curve never gets there; empty for base, and for every row when the
+                        reference is not among the RL methods.
+
+The plot shows validation pass@1 against RL iteration and against cumulative training FLOPs:
+the mean over seeds per method with a min-max band, the target (dashed) and the base
+policy's validation pass@1 (dotted, iteration 0 of the reference's runs).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
+import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -16,67 +47,226 @@ from .utils import atomic_path, read_json, read_jsonl, setup_logging
 
 log = logging.getLogger("pipeline.tables")
 
+NOT_REACHED = "not reached"
+TOL = 1e-9  # the reference's mean curve equals the target at its last point up to rounding
 
-def table2_frame(evals: dict[str, dict], summaries: dict[str, dict], splits: list[str]) -> pd.DataFrame:
-    """`evals[method]`: an evaluate.py output; `summaries[method]`: an rl.py summary (absent for base)."""
+
+class CurvePoint(NamedTuple):
+    iteration: int
+    val: float      # mean validation pass@1 over seeds
+    samples: float  # mean cumulative training samples
+    flops: float    # mean cumulative training FLOPs
+    lo: float       # min over seeds of validation pass@1
+    hi: float       # max over seeds
+
+
+# -----------------------------------------------------------------------------
+# pure math
+
+def mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs)
+
+
+def mean_curve(runs: list[list[dict]]) -> list[CurvePoint]:
+    """`runs`: one metrics.jsonl (list of rows) per seed. Returns the mean validation curve,
+    one point per iteration at which every seed has a val_pass1, sorted by iteration."""
+    by_iter = []
+    for rows in runs:
+        by_iter.append({r["iteration"]: r for r in rows if r.get("val_pass1") is not None})
+    common = sorted(set.intersection(*(set(d) for d in by_iter))) if by_iter else []
+    curve = []
+    for it in common:
+        rows = [d[it] for d in by_iter]
+        vals = [r["val_pass1"] for r in rows]
+        curve.append(CurvePoint(it, mean(vals), mean(r["samples"] for r in rows), mean(r["flops"] for r in rows),
+                                min(vals), max(vals)))
+    return curve
+
+
+def final_val(runs: list[list[dict]]) -> float:
+    """Mean over seeds of each seed's last validation pass@1."""
+    return mean([r["val_pass1"] for r in rows if r.get("val_pass1") is not None][-1] for rows in runs)
+
+
+def first_reaching(curve: list[CurvePoint], target: float) -> CurvePoint | None:
+    """The first point of `curve` whose mean validation pass@1 is >= target, or None."""
+    return next((p for p in curve if p.val >= target - TOL), None)
+
+
+def iterations_to_target(curve: list[CurvePoint], target: float) -> int | None:
+    p = first_reaching(curve, target)
+    return None if p is None else p.iteration
+
+
+def efficiency(ref_iters: int | None, iters: int | None) -> float | str:
+    """Reference's iterations-to-target over this method's: > 1 means fewer iterations needed."""
+    if iters is None:
+        return NOT_REACHED
+    if ref_iters is None:
+        return math.nan
+    if iters == 0:  # the target is at or below the starting policy: reached without training
+        return 1.0 if ref_iters == 0 else math.inf
+    return ref_iters / iters
+
+
+def table2_frame(evals: dict[str, list[dict]], summaries: dict[str, list[dict]],
+                 metrics: dict[str, list[list[dict]]], splits: list[str], reference: str = "rloo",
+                 final_value: bool = False) -> pd.DataFrame:
+    """`evals[method]`: one evaluate.py output per seed; `summaries[method]` / `metrics[method]`:
+    one rl.py summary.json / metrics.jsonl per seed, same order (RL methods only).
+    `final_value`: also report `<split>_final_value`, the share of samples whose final value is
+    right (long-form answers, where pass1 is the whole answer line's exact match)."""
+    target = final_val(metrics[reference]) if reference in metrics else math.nan
+    ref_iters = iterations_to_target(mean_curve(metrics[reference]), target) if reference in metrics else None
+
+    greedy = [s for s in splits if any("greedy" in ev["splits"][s] for evs in evals.values() for ev in evs)]
+    cols = ["method", "n_seeds"]
+    for s in splits:
+        cols += [s, f"{s}_greedy"] if s in greedy else [s]
+        cols += [f"{s}_final_value"] if final_value else []
+    cols += ["avg", "spread", "avg_min", "avg_max", "train_samples", "train_flops", "wall_s",
+             "iters_to_target", "samples_to_target", "efficiency_vs_ref"]
+
+    order = sorted(evals, key=lambda m: m != "base")  # stable: base first, the rest in given order
     rows = []
-    for method, ev in evals.items():
-        row = {"method": method}
+    for method in order:
+        evs = evals[method]
+        row = {"method": method, "n_seeds": len(evs)}
         for s in splits:
-            row[s] = ev["splits"][s]["pass1"]
-        row["avg"] = sum(row[s] for s in splits) / len(splits)
-        for s in splits:
-            if "greedy" in ev["splits"][s]:
-                row[f"{s}_greedy"] = ev["splits"][s]["greedy"]
-        summ = summaries.get(method)
-        row["train_samples"] = summ["rl_samples"] if summ else 0
-        row["train_flops"] = summ["rl_flops"] if summ else 0.0
+            row[s] = mean(ev["splits"][s]["pass1"] for ev in evs)
+            if s in greedy:
+                g = [ev["splits"][s].get("greedy") for ev in evs]
+                row[f"{s}_greedy"] = mean(g) if None not in g else math.nan
+            if final_value:
+                fv = [ev["splits"][s].get("final_value_pass1") for ev in evs]
+                row[f"{s}_final_value"] = mean(fv) if None not in fv else math.nan
+        seed_avgs = [mean(ev["splits"][s]["pass1"] for s in splits) for ev in evs]
+        row["avg"] = mean(row[s] for s in splits)
+        row["spread"] = statistics.stdev(seed_avgs) if len(seed_avgs) > 1 else 0.0
+        row["avg_min"], row["avg_max"] = min(seed_avgs), max(seed_avgs)
+        summ = summaries.get(method, [])
+        row["train_samples"] = mean(x["rl_samples"] for x in summ) if summ else 0.0
+        row["train_flops"] = mean(x["rl_flops"] for x in summ) if summ else 0.0
+        row["wall_s"] = mean(x["wall_s"] for x in summ) if summ else 0.0
+        if method in metrics and not math.isnan(target):
+            p = first_reaching(mean_curve(metrics[method]), target)
+            row["iters_to_target"] = NOT_REACHED if p is None else p.iteration
+            row["samples_to_target"] = NOT_REACHED if p is None else p.samples
+            row["efficiency_vs_ref"] = efficiency(ref_iters, None if p is None else p.iteration)
+        else:  # base, or no reference to compare with
+            row["iters_to_target"] = row["samples_to_target"] = row["efficiency_vs_ref"] = None
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=cols)
+    for c in ("iters_to_target", "samples_to_target", "efficiency_vs_ref"):  # numbers, text or empty
+        df[c] = pd.Series([r[c] for r in rows], dtype=object)
+    df.attrs.update(target=target, reference=reference)
+    return df
 
+
+# -----------------------------------------------------------------------------
+# outputs
 
 def write_csv(df: pd.DataFrame, path: str) -> None:
+    # float_format only reaches float columns; the *_to_target columns mix numbers and text
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else v
+    out = df.copy()
+    for c in out.columns[out.dtypes == object]:
+        out[c] = out[c].map(fmt)
     with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.4f")
+        out.to_csv(tmp, index=False, float_format="%.4f")
 
 
-def plot_val_curves(curves: dict[str, list[dict]], path: str, x: str = "iteration") -> None:
+def plot_val_curves(metrics: dict[str, list[list[dict]]], path: str, target: float | None = None,
+                    base_val: float | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, rows in curves.items():
-        pts = [(r[x], r["val_pass1"]) for r in rows if r.get("val_pass1") is not None]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-    ax.set_xlabel("RL iteration" if x == "iteration" else x)
-    ax.set_ylabel("validation pass@1")
-    ax.set_title("Validation accuracy during RL")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for i, (method, runs) in enumerate(metrics.items()):
+        curve = mean_curve(runs)
+        color = f"C{i}"
+        for ax, x in zip(axes, ("iteration", "flops")):
+            pts = [p for p in curve if x == "iteration" or p.flops > 0]  # log axis: drop the untrained point
+            xs = [getattr(p, x) for p in pts]
+            ax.plot(xs, [p.val for p in pts], marker="o", ms=3, color=color, label=f"{method} ({len(runs)} seeds)")
+            ax.fill_between(xs, [p.lo for p in pts], [p.hi for p in pts], color=color, alpha=0.2, lw=0)
+    for ax in axes:
+        if target is not None and math.isfinite(target):
+            ax.axhline(target, ls="--", color="k", lw=1, label="target (reference final)")
+        if base_val is not None:
+            ax.axhline(base_val, ls=":", color="gray", lw=1.5, label="base (iteration 0)")
+        ax.grid(alpha=0.3)
+    axes[0].set_xlabel("RL iteration")
+    axes[1].set_xlabel("cumulative training FLOPs")
+    axes[1].set_xscale("log")
+    axes[0].set_ylabel("validation pass@1")
+    if metrics or base_val is not None:
+        axes[0].legend(fontsize=8)
+    seeds = sorted({len(runs) for runs in metrics.values()}) or [0]
+    n = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    fig.suptitle(f"Validation pass@1 during RL: mean over {n} seeds, band = min-max over seeds")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
 
 
+# -----------------------------------------------------------------------------
+# CLI
+
+def parse_pairs(pairs: list[str], flag: str) -> dict[str, list[str]]:
+    """["rloo=a,b", "grpo=c,d"] -> {"rloo": ["a", "b"], "grpo": ["c", "d"]}, in argument order."""
+    out = {}
+    for kv in pairs:
+        method, sep, paths = kv.partition("=")
+        if not sep or not method or not paths:
+            raise SystemExit(f"{flag} {kv!r}: expected METHOD=path1,path2,...")
+        if method in out:
+            raise SystemExit(f"{flag}: method {method!r} given twice")
+        out[method] = [p for p in paths.split(",") if p]
+    return out
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--eval", nargs="+", required=True, help="METHOD=eval.json pairs, base first")
-    p.add_argument("--rl", nargs="*", default=[], help="METHOD=rl_dir pairs (summary.json, metrics.jsonl)")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--eval", nargs="+", required=True, help="METHOD=eval_seed1.json,eval_seed2.json,... (base first)")
+    p.add_argument("--rl", nargs="*", default=[], help="METHOD=rl_dir_seed1,rl_dir_seed2,... (same seed order)")
     p.add_argument("--splits", nargs="+", required=True)
+    p.add_argument("--reference", default="rloo", help="method whose final validation pass@1 is the target")
+    p.add_argument("--final-value", action="store_true",
+                   help="add <split>_final_value columns (long-form answers: the final value alone)")
     p.add_argument("--out", required=True)
     p.add_argument("--plot", required=True)
     p.add_argument("--log", default=None)
     args = p.parse_args(argv)
     setup_logging(args.log)
-    evals = {m: read_json(f) for m, f in (kv.split("=", 1) for kv in args.eval)}
-    rl_dirs = dict(kv.split("=", 1) for kv in args.rl)
-    summaries = {m: read_json(Path(d) / "summary.json") for m, d in rl_dirs.items()}
-    df = table2_frame(evals, summaries, args.splits)
+
+    eval_paths, rl_dirs = parse_pairs(args.eval, "--eval"), parse_pairs(args.rl, "--rl")
+    for m, dirs in rl_dirs.items():
+        if m not in eval_paths:
+            raise SystemExit(f"--rl {m}: no --eval entry for this method")
+        if len(dirs) != len(eval_paths[m]):
+            raise SystemExit(f"{m}: {len(eval_paths[m])} eval files but {len(dirs)} RL runs (one each per seed)")
+    evals = {m: [read_json(f) for f in fs] for m, fs in eval_paths.items()}
+    summaries = {m: [read_json(Path(d) / "summary.json") for d in ds] for m, ds in rl_dirs.items()}
+    metrics = {m: [read_jsonl(Path(d) / "metrics.jsonl") for d in ds] for m, ds in rl_dirs.items()}
+    if args.reference not in metrics:
+        log.warning("reference %r is not among the RL methods %s: no sample-efficiency columns",
+                    args.reference, list(metrics))
+
+    df = table2_frame(evals, summaries, metrics, args.splits, args.reference, args.final_value)
     write_csv(df, args.out)
-    plot_val_curves({m: read_jsonl(Path(d) / "metrics.jsonl") for m, d in rl_dirs.items()}, args.plot)
-    log.info("\n%s", df.to_string(index=False))
+    target = df.attrs["target"]
+    # base's validation pass@1 = iteration 0 of the reference's runs (of any RL method without one)
+    src = metrics.get(args.reference) or next(iter(metrics.values()), [])
+    base_val = next((p.val for p in mean_curve(src) if p.iteration == 0), None)
+    plot_val_curves(metrics, args.plot, target, base_val)
+    log.info("target (%s final validation pass@1): %.4f", args.reference, target)
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        log.info("\n%s", df.to_string(index=False))
 
 
 if __name__ == "__main__":

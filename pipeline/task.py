@@ -32,3 +32,31 @@ def judge(record: dict, response: str, task_cfg: dict) -> dict:
         result["outcome"] = int(grade(response, record["answer"], task_cfg.get("grader", "math"),
                                       timeout_s=float(task_cfg.get("grader_timeout_s", 5.0))))
     return result
+
+
+# ---- the answer as a separate part of the response (JEPO: chain of thought c, answer a*) ----
+
+ANSWER_MARKER = "####"
+
+
+def answer_text(record: dict, task_cfg: dict) -> str:
+    """The reference answer a* as the policy writes it after its chain of thought: JEPO's
+    reward is log pi(a* | x, c). Testbed and GSM8K style: "#### <answer>"; real presets may
+    set `answer_template` (with an `{answer}` field)."""
+    return (task_cfg.get("answer_template") or ANSWER_MARKER + " {answer}").format(answer=record["answer"])
+
+
+def cot_end(response: str, task_cfg: dict) -> int:
+    """Character offset where the chain of thought c of `response` ends and its answer part
+    begins: the start of the last line that opens with the answer marker, or, with no answer
+    line (a response cut at the token budget), the end of its last complete step, so a*
+    is always appended at a step boundary."""
+    marker = task_cfg.get("answer_marker") or ANSWER_MARKER
+    delim = task_cfg.get("step_delimiter", "\n")
+    at = response.rfind(marker)
+    while at > 0 and not response[:at].endswith(delim):  # the marker must open a line
+        at = response.rfind(marker, 0, at)
+    if at >= 0:
+        return at
+    last = response.rfind(delim)
+    return 0 if last < 0 else last + len(delim)

@@ -17,7 +17,7 @@ SMOKE_TARGETS = ["results/table2.csv", "results/table1.csv", "results/table3.csv
                                                            "implicit_dpo", "implicit_kto")]]
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800) -> subprocess.CompletedProcess:
     """Run the real Snakemake CLI on this repo's Snakefile inside `workdir`."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

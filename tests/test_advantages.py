@@ -249,3 +249,64 @@ def test_jepo_multisample_terms_by_hand():
     adv, w = jepo_multisample_terms(torch.log(torch.tensor([0.5, 0.25])))
     assert adv.tolist() == pytest.approx([math.log(1.5), math.log(0.75)], abs=1e-6)
     assert w.tolist() == pytest.approx([2 / 3, 1 / 3], abs=1e-6)
+
+
+def test_accuracy_band_keeps_groups_with_mixed_outcomes():
+    from pipeline.advantages import accuracy_band
+    r = torch.tensor([[1.0, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]])
+    assert accuracy_band(r, 0.2, 0.8).tolist() == [False, True, False, True]
+    # inclusive edges: 1 of 5 solved is exactly 0.2
+    assert accuracy_band(torch.tensor([[1.0, 0, 0, 0, 0], [1, 1, 1, 1, 0]]), 0.2, 0.8).tolist() == [True, True]
+
+
+def test_prime_advantages_with_grpo_outcome_term_by_hand():
+    from pipeline.advantages import prime_advantages
+    # token rewards means 2, 0.5, 0 -> leave-one-out baselines 0.25, 1.0, 1.25
+    # process returns (gamma 1): [3.5, 2.75], [-0.5], [-1.25]
+    # GRPO on outcomes [1, 0, 0]: mean 1/3, unbiased std sqrt(1/3) -> [1.1547, -0.57735, -0.57735]
+    a = prime_advantages([torch.tensor([1.0, 3.0]), torch.tensor([0.5]), torch.tensor([0.0])],
+                         torch.tensor([1.0, 0.0, 0.0]), gamma=1.0, outcome_adv="grpo")
+    assert a[0].tolist() == pytest.approx([4.6547, 3.9047], abs=1e-4)
+    assert a[1].tolist() == pytest.approx([-1.07735], abs=1e-4)
+    assert a[2].tolist() == pytest.approx([-1.82735], abs=1e-4)
+    with pytest.raises(ValueError, match="outcome advantage"):
+        prime_advantages([torch.tensor([1.0]), torch.tensor([0.0])], torch.tensor([1.0, 0.0]), outcome_adv="ppo")
+
+
+def test_pav_step_advantages_by_hand():
+    from pipeline.advantages import pav_step_advantages
+    # outcome advantage 0.5 on every step, plus alpha * prover advantage of the step
+    assert pav_step_advantages(0.5, [0.2, -0.4], 3.0) == pytest.approx([1.1, -0.7])
+    assert pav_step_advantages(-0.25, [0.1], 0.0) == pytest.approx([-0.25])
+
+
+def test_jepo_weights_jensen_and_multisample_by_hand():
+    from pipeline.advantages import jepo_advantages, jepo_weights
+    lp = torch.log(torch.tensor([0.5, 0.25]))
+    adv, w = jepo_weights(lp)
+    assert adv.tolist() == pytest.approx(jepo_advantages(lp).tolist()) and w.tolist() == [1.0, 1.0]
+    # multi-sample: L = log(0.375); VIMCO terms log(0.375/0.25), log(0.375/0.5) = 0.405465, -0.287682;
+    # divided by std(lp) = ln2 / sqrt2 = 0.490129; weights 2 * softmax = [4/3, 2/3]
+    adv, w = jepo_weights(lp, multisample=True)
+    assert adv.tolist() == pytest.approx([0.405465 / 0.490129, -0.287682 / 0.490129], abs=1e-4)
+    assert w.tolist() == pytest.approx([4 / 3, 2 / 3])
+    adv, _ = jepo_weights(lp, multisample=True, normalize=False, clip=0.3)
+    assert adv.tolist() == pytest.approx([0.3, -0.287682], abs=1e-5)
+
+
+def test_jepo_loss_by_hand():
+    from pipeline.advantages import jepo_loss
+    logp = torch.log(torch.tensor([[0.5, 0.5, 0.25, 0.9]]))
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # last position is padding
+    cot = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    w = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    adv = torch.tensor([[2.0, 2.0, 0.0, 0.0]])
+    # ratio 1: surrogate 2 + 2 on c, supervised log 0.25 on a*; one mean over 3 tokens
+    loss, stats = jepo_loss(logp, logp.clone(), adv, cot, w, mask, 0.2, 1.0)
+    assert loss.item() == pytest.approx(-(4 + math.log(0.25)) / 3, abs=1e-6) and stats["clip_frac"] == 0.0
+    # ratio 2 on the first token is clipped to 1.2; sup_coef 0.5 halves the answer term
+    old = logp.clone()
+    old[0, 0] = math.log(0.25)
+    loss, stats = jepo_loss(logp, old, adv, cot, w, mask, 0.2, 0.5)
+    assert loss.item() == pytest.approx(-(1.2 * 2 + 2 + 0.5 * math.log(0.25)) / 3, abs=1e-6)
+    assert stats["clip_frac"] == pytest.approx(0.5)

@@ -17,7 +17,9 @@ def with_change(change: dict) -> dict:
 
 
 def test_presets_are_valid():
-    assert validate_config(copy.deepcopy(TINY))["rl"]["algos"] == ["rloo", "grpo"]
+    assert validate_config(copy.deepcopy(TINY))["rl"]["algos"] == [
+        "rloo", "grpo", "prime", "prime_frozen", "pav", "vineppo", "jepo"]
+    assert len(TINY["rl"]["seeds"]) >= 3  # fair comparison: at least three seeds per method
     smoke = load_preset(REPO / "config" / "smoke.yaml")
     assert smoke["rl"]["iterations"] == 6 and smoke["rl"]["lr"] == TINY["rl"]["lr"]  # overlay keeps the rest
 
@@ -45,6 +47,14 @@ def test_merge_is_recursive_and_replaces_lists():
     ({"mc_label": {"n_cov": 9}}, "config key mc_label.n_cov: 9 seed rollouts per prompt, but rollouts.n_samples makes only 4"),
     ({"mc_label": {"completer": "oracle"}}, "config key mc_label.completer: unknown policy 'oracle'"),
     ({"mc_label": {"n_mc": 0}}, "config key mc_label.n_mc"),
+    ({"rl": {"pav": {"rm": "orm"}}}, "config key rl.pav.rm: 'orm' must be a PAV reward model"),
+    ({"rl": {"prime": {"frozen_prm": "prm_se"}}}, "config key rl.prime.frozen_prm: 'prm_se' must be an implicit PRM"),
+    ({"rl": {"prime": {"prm_init": "implicit_zzz"}}}, "config key rl.prime.prm_init: 'implicit_zzz'"),
+    ({"rl": {"prime": {"acc_band": [0.8, 0.2]}}}, "config key rl.prime.acc_band: [0.8, 0.2] is empty"),
+    ({"rl": {"prime": {"base": "ppo"}}}, "config key rl.prime.base"),
+    ({"rl": {"reference": "ppo"}}, "config key rl.reference: 'ppo' is not in rl.algos"),
+    ({"rl": {"seeds": []}}, "config key rl.seeds"),
+    ({"rl": {"jepo": {"sup_coef": -1}}}, "config key rl.jepo.sup_coef"),
 ])
 def test_bad_values_are_reported_with_their_key(change, message):
     with pytest.raises(ConfigError) as err:
@@ -58,6 +68,15 @@ def test_missing_required_key_is_named():
     del cfg["rl"]["clip_eps"]
     with pytest.raises(ConfigError, match="config key rl: 'clip_eps' is a required property"):
         validate_config(cfg)
+
+
+def test_method_reward_models_are_checked_only_for_listed_methods():
+    # PAV-RL is not run, so its reward model need not exist
+    cfg = with_change({"rl": {"algos": ["rloo", "prime"]}, "rm": {"models": ["orm", "prm_se"]},
+                       "search": {"verifiers": ["prm_se"]}})
+    assert validate_config(cfg)["rl"]["algos"] == ["rloo", "prime"]
+    with pytest.raises(ConfigError, match="rl.pav.rm: 'pav' must be a PAV reward model"):
+        validate_config(merge_configs(cfg, {"rl": {"algos": ["rloo", "pav"]}}))
 
 
 def test_policies_given_by_path_are_known():

@@ -21,11 +21,17 @@ pytestmark = pytest.mark.slow
 TIMING_KEYS = {"wall_s", "iter_s"}
 
 
-def rl_cmd(cfg: dict, smoke_dir: Path, out: Path, ckpt: Path) -> list[str]:
+RM_OF = {"pav": "pav", "prime_frozen": "implicit_ce_inst"}  # what the smoke DAG trains for them
+
+
+def rl_cmd(cfg: dict, smoke_dir: Path, out: Path, ckpt: Path, algo: str = "rloo") -> list[str]:
     stage_cfg = {k: cfg[k] for k in ("rl", "task", "sampling", "seed")}
-    return [sys.executable, "-m", "pipeline.rl", "--cfg", json.dumps(stage_cfg), "--algo", "rloo",
-            "--policy", str(smoke_dir / "results/models/sft/medium"), "--data", str(smoke_dir / "results/data"),
-            "--out", str(out), "--ckpt", str(ckpt), "--threads", "1"]
+    cmd = [sys.executable, "-m", "pipeline.rl", "--cfg", json.dumps(stage_cfg), "--algo", algo,
+           "--policy", str(smoke_dir / "results/models/sft/medium"), "--data", str(smoke_dir / "results/data"),
+           "--out", str(out), "--ckpt", str(ckpt), "--threads", "1"]
+    if algo in RM_OF:
+        cmd += ["--rm", str(smoke_dir / "results/rm" / RM_OF[algo] / "model")]
+    return cmd
 
 
 def metrics(out: Path) -> list[dict]:
@@ -33,30 +39,40 @@ def metrics(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
-def test_rl_resumes_after_kill_and_matches_uninterrupted_run(smoke_dir, tmp_path):
+@pytest.mark.parametrize("algo, iters, kill_at", [("rloo", 8, 4), ("prime", 4, 2), ("prime_frozen", 4, 2),
+                                                  ("pav", 4, 2), ("vineppo", 4, 2), ("jepo", 4, 2), ("grpo", 4, 2)])
+def test_rl_resumes_after_kill_and_matches_uninterrupted_run(smoke_dir, tmp_path, algo, iters, kill_at):
+    """Every method: SIGKILL after a checkpoint, rerun, and the result equals an uninterrupted
+    run's (PRIME also restores its online PRM and its optimizer from the same checkpoint)."""
     cfg = load_preset(SMOKE)
-    cfg["rl"].update(iterations=8, checkpoint_every=2, eval_every=4)
+    cfg["rl"].update(iterations=iters, checkpoint_every=2 if algo == "rloo" else 1, eval_every=4)
+    if algo != "rloo":
+        cfg["rl"].update(prompts_per_iter=8, vineppo_k=2)
 
+    # the uninterrupted reference runs beside the one that gets killed (one thread each)
     full_out = tmp_path / "full"
-    subprocess.run(rl_cmd(cfg, smoke_dir, full_out, tmp_path / "ck_full"), check=True, capture_output=True)
-
+    full = subprocess.Popen(rl_cmd(cfg, smoke_dir, full_out, tmp_path / "ck_full", algo), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     out, ckpt = tmp_path / "killed", tmp_path / "ck_killed"
-    proc = subprocess.Popen(rl_cmd(cfg, smoke_dir, out, ckpt), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(rl_cmd(cfg, smoke_dir, out, ckpt, algo), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     latest = ckpt / "latest.json"
     while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and json.loads(latest.read_text())["step"] >= 4:
+        if latest.exists() and json.loads(latest.read_text())["step"] >= kill_at:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "RL finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(latest.read_text())["step"]
-    assert 4 <= killed_at < 8
+    assert kill_at <= killed_at < iters
     assert not (out / "policy").exists() and not (out / "metrics.jsonl").exists()  # no partial outputs
+    if algo == "prime":  # the online PRM is checkpointed at the same tag as the policy
+        assert (ckpt / "prm" / f"step{killed_at:07d}").is_dir()
+    assert full.wait() == 0, full.stderr.read()[-3000:]
 
-    resumed = subprocess.run(rl_cmd(cfg, smoke_dir, out, ckpt), check=True, capture_output=True, text=True)
+    resumed = subprocess.run(rl_cmd(cfg, smoke_dir, out, ckpt, algo), check=True, capture_output=True, text=True)
     assert f"resumed from {ckpt}/step{killed_at:07d}" in resumed.stderr
     assert metrics(out) == metrics(full_out)
     a = load_file(out / "policy" / "model.safetensors")

@@ -13,7 +13,7 @@ import torch
 from conftest import scaled_tiny_llama
 from pipeline.flops import count_params
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama
-from pipeline.sampler import Generation, HFSampler, VLLMSampler, _strip_after_eos, make_sampler
+from pipeline.sampler import Generation, HFSampler, VLLMSampler, _strip_after_eos, make_sampler, sample_rows
 
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 64}
 PROMPTS = ["3+4*2=?\n", "1+2=?\n", "9*9-1+5=?\n"]
@@ -228,6 +228,176 @@ def test_make_sampler(model, tok):
     assert isinstance(s, HFSampler) and s.batch_size == 7 and s.model is model
     with pytest.raises(ValueError, match="backend"):
         make_sampler({"backend": "sglang"}, model=model, tokenizer=tok)
+
+
+# ------------------------------------------------ prefix completions: sorted batches, compaction
+# `generate_from_prefixes` batches prefixes longest first (`sort`) and drops finished rows
+# from the running batch (`compact`); `sort=False, compact=False` is the earlier loop.
+
+PREFIXES = ["3+4*2=?\n", "1+2=?\n", "9*9-1+5=?\n", "7-3=?\n2", "5*5=?\n25-", "8=?\n", "2*3*4-1=?\n2*3=6\n"]
+
+
+@pytest.fixture(scope="module")
+def eos_model(tok):
+    """A random tiny Llama whose EOS logit is scaled up, so that greedy rows end at EOS after
+    different numbers of tokens (8, 4, 20, 4, 2, 7, 7 of at most 20 for PREFIXES)."""
+    m = build_tiny_llama(tok, {**TINY, "tie_word_embeddings": False}, seed=0)
+    with torch.no_grad():
+        m.lm_head.weight[tok.eos_token_id] *= 3
+    return m
+
+
+@pytest.fixture
+def prefix_ids(tok):
+    return [tok(p, add_special_tokens=False)["input_ids"] for p in PREFIXES]
+
+
+@pytest.fixture
+def compactions(monkeypatch):
+    """Counts the rows dropped from KV caches (DynamicCache.batch_select_indices calls)."""
+    from transformers import DynamicCache
+
+    calls = []
+    original = DynamicCache.batch_select_indices
+
+    def spy(self, indices):
+        calls.append(len(indices))
+        return original(self, indices)
+
+    monkeypatch.setattr(DynamicCache, "batch_select_indices", spy)
+    return calls
+
+
+def test_prefix_greedy_lengths_vary(eos_model, tok, prefix_ids):
+    gens = sampler(eos_model, tok, 64).generate_from_prefixes(prefix_ids, temperature=0, max_new_tokens=20)
+    lengths = [gs[0].token_ids for gs in gens]
+    assert len({len(t) for t in lengths}) >= 4 and all(gs[0].finished for gs in gens if len(gs[0].token_ids) < 20)
+
+
+@pytest.mark.parametrize("sort", [False, True])
+def test_compaction_gives_identical_greedy_outputs(eos_model, tok, prefix_ids, compactions, sort):
+    kw = dict(n=3, temperature=0, max_new_tokens=20, sort=sort)
+    plain = sampler(eos_model, tok, 9).generate_from_prefixes(prefix_ids, compact=False, **kw)
+    assert compactions == []
+    compacted = sampler(eos_model, tok, 9).generate_from_prefixes(prefix_ids, compact=True, **kw)
+    assert compactions, "no row was dropped: the test does not exercise compaction"
+    assert [[g.token_ids for g in gs] for gs in compacted] == [[g.token_ids for g in gs] for gs in plain]
+    assert compacted == plain
+    # and each prefix's completion is its own greedy continuation, whatever batch it was in
+    for p, gs in zip(prefix_ids, compacted):
+        alone = sampler(eos_model, tok, 9).generate_from_prefixes([p], temperature=0, max_new_tokens=20,
+                                                                  sort=False, compact=False)
+        assert gs[0].token_ids == alone[0][0].token_ids
+
+
+def test_compaction_keeps_sampled_outputs(eos_model, tok, prefix_ids, compactions):
+    """A row keeps its own random numbers when other rows leave the batch (`sample_rows`),
+    so compaction does not change sampled completions either."""
+    kw = dict(n=4, temperature=1.0, max_new_tokens=20, seed=3)
+    plain = sampler(eos_model, tok, 8).generate_from_prefixes(prefix_ids, compact=False, **kw)
+    compacted = sampler(eos_model, tok, 8).generate_from_prefixes(prefix_ids, compact=True, **kw)
+    assert compactions
+    assert compacted == plain
+
+
+def test_sorted_batches_restore_the_callers_order(eos_model, tok, prefix_ids):
+    # batch_size 6 with n=3: two prefixes per batch, so sorting changes every batch
+    kw = dict(n=3, max_new_tokens=20, seed=5)
+    greedy = {sort: sampler(eos_model, tok, 6).generate_from_prefixes(prefix_ids, temperature=0, sort=sort, **kw)
+              for sort in (False, True)}
+    assert greedy[True] == greedy[False]
+    # sampled: output i belongs to prefix i. The batches depend only on the prefixes' lengths
+    # (a stable sort), so a permutation of prefixes of distinct lengths permutes the outputs.
+    distinct = [p for i, p in enumerate(prefix_ids) if len(p) not in {len(q) for q in prefix_ids[:i]}]
+    assert len(distinct) >= 5
+    perm = [3, 0, 4, 1, 2] + list(range(5, len(distinct)))
+    a = sampler(eos_model, tok, 6).generate_from_prefixes(distinct, temperature=1.0, **kw)
+    b = sampler(eos_model, tok, 6).generate_from_prefixes([distinct[i] for i in perm], temperature=1.0, **kw)
+    assert b == [a[i] for i in perm]
+    assert len(a) == len(distinct) and all(len(gs) == 3 for gs in a)
+
+
+def test_prefix_sampling_is_deterministic(eos_model, tok, prefix_ids):
+    kw = dict(n=4, temperature=1.0, max_new_tokens=20)
+    s = sampler(eos_model, tok, 8)
+    a = s.generate_from_prefixes(prefix_ids, seed=11, **kw)
+    torch.rand(3)
+    b = sampler(eos_model, tok, 8).generate_from_prefixes(prefix_ids, seed=11, **kw)
+    c = s.generate_from_prefixes(prefix_ids, seed=11, **kw)
+    assert a == b == c
+    assert a != s.generate_from_prefixes(prefix_ids, seed=12, **kw)
+    assert len({tuple(g.token_ids) for gs in a for g in gs}) > len(prefix_ids)  # copies differ
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_prefix_token_counts_match_returned_tokens(eos_model, tok, prefix_ids, compactions, share):
+    s = sampler(eos_model, tok, 8)
+    max_new = 20
+    gens = s.generate_from_prefixes(prefix_ids, n=4, temperature=0.7, max_new_tokens=max_new, seed=2,
+                                    share_prefix=share)
+    assert compactions
+    flat = [g for gs in gens for g in gs]
+    assert s.compute.generated_tokens == sum(len(g.token_ids) for g in flat)
+    assert s.compute.prompt_tokens == (1 if share else 4) * sum(map(len, prefix_ids))
+    assert s.compute.samples == len(flat) == 4 * len(prefix_ids)
+    assert s.compute.flops == 2.0 * s.n_params * (s.compute.prompt_tokens + s.compute.generated_tokens)
+    for g in flat:
+        assert g.text == tok.decode(g.token_ids, skip_special_tokens=True)
+        if g.finished:
+            assert g.token_ids[-1] == tok.eos_token_id and tok.eos_token_id not in g.token_ids[:-1]
+        else:
+            assert tok.eos_token_id not in g.token_ids and len(g.token_ids) == max_new
+    assert any(g.finished for g in flat) and not all(g.finished for g in flat)
+
+
+@pytest.mark.parametrize("stop", ["\n", "l"])
+def test_stop_is_honoured_with_compaction(eos_model, tok, prefix_ids, compactions, stop):
+    kw = dict(n=4, temperature=1.0, max_new_tokens=20, seed=0)
+    free = sampler(eos_model, tok, 8).generate_from_prefixes(prefix_ids, **kw)
+    compactions.clear()
+    s = sampler(eos_model, tok, 8)
+    gens = s.generate_from_prefixes(prefix_ids, stop=stop, **kw)
+    assert compactions
+    assert gens == sampler(eos_model, tok, 8).generate_from_prefixes(prefix_ids, stop=stop, compact=False, **kw)
+    n_stopped = 0
+    for g, f in zip((g for gs in gens for g in gs), (f for fs in free for f in fs)):
+        if g.finished:
+            assert g.token_ids[-1] == tok.eos_token_id and stop not in g.text
+        elif stop in g.text:                      # char tokenizer: the stop is the last token
+            assert g.text.endswith(stop) and g.text.count(stop) == 1
+            n_stopped += 1
+        else:
+            assert len(g.token_ids) == kw["max_new_tokens"]
+        # the same draws as without stop, cut where the stop appears
+        cut = next((k + 1 for k, t in enumerate(f.token_ids) if stop in tok.decode([t])), len(f.token_ids))
+        assert g.token_ids == f.token_ids[:cut]
+    assert n_stopped >= 3
+    assert s.compute.generated_tokens == sum(len(g.token_ids) for gs in gens for g in gs)
+
+
+def test_sample_rows_keeps_each_rows_draws_and_the_distribution(model, tok):
+    logits = torch.randn(6, 40) * 2
+    at = torch.tensor([1, 4, 5])
+    torch.manual_seed(0)
+    full = sample_rows(logits, 1.0, 1.0, 6)
+    torch.manual_seed(0)
+    assert torch.equal(sample_rows(logits[at], 1.0, 1.0, 6, at), full[at])
+    assert torch.equal(sample_rows(logits, 0.0, 1.0, 6), logits.argmax(-1))
+    # token frequencies follow softmax(logits / T) (as in test_sampling_matches_the_model_distribution)
+    N, T = 4000, 0.8
+    row = torch.randn(len(tok)) * 2
+    torch.manual_seed(1)
+    counts = torch.bincount(sample_rows(row.expand(N, -1), T, 1.0, N), minlength=len(tok)).double()
+    expected = torch.softmax(row / T, -1).double() * N
+    big = expected >= 5
+    stat = ((counts[big] - expected[big]) ** 2 / expected[big]).sum() + \
+        (counts[~big].sum() - expected[~big].sum()) ** 2 / expected[~big].sum()
+    dof = int(big.sum())
+    assert stat < dof + 6 * (2 * dof) ** 0.5
+    # top-p: only the nucleus is drawn
+    p_sorted, order = torch.softmax(row, -1).sort(descending=True)
+    nucleus = set(order[: int((p_sorted.cumsum(0) < 0.5).sum()) + 1].tolist())
+    assert set(sample_rows(row.expand(N, -1), 1.0, 0.5, N).tolist()) <= nucleus
 
 
 # --------------------------------------------------------------------------- vLLM backend

@@ -44,17 +44,36 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
     cfg = load_preset(SMOKE)
     res = smoke_dir / "results"
     table = pd.read_csv(res / "table2.csv")
-    assert list(table["method"]) == ["base", "rloo", "grpo"]
-    for col in ["test", "ood", "avg", "test_greedy", "ood_greedy", "train_samples", "train_flops"]:
+    rl = cfg["rl"]
+    assert list(table["method"]) == ["base", "rloo", "grpo", "prime", "prime_frozen", "pav", "vineppo", "jepo"]
+    assert list(table["method"]) == ["base"] + rl["algos"]
+    for col in ["test", "ood", "avg", "spread", "test_greedy", "ood_greedy", "train_samples", "train_flops", "wall_s",
+                "iters_to_target", "samples_to_target", "efficiency_vs_ref", "n_seeds"]:
         assert col in table.columns
     assert table[["test", "ood", "avg"]].apply(lambda c: c.between(0, 1)).all().all()
     assert table["avg"].tolist() == pytest.approx(((table["test"] + table["ood"]) / 2).tolist(), abs=1e-4)
-    rl = cfg["rl"]
+    assert (table["n_seeds"] == len(rl["seeds"])).all() and (table["spread"] == 0).all()  # one smoke seed
     expected_samples = rl["iterations"] * rl["prompts_per_iter"] * rl["samples_per_prompt"]
-    assert table.loc[table.method == "base", "train_samples"].item() == 0
-    assert (table.loc[table.method != "base", "train_samples"] == expected_samples).all()
-    assert (table.loc[table.method != "base", "train_flops"] > 0).all()
-    assert (res / "plots" / "rl_val_curves.png").stat().st_size > 1000
+    t = table.set_index("method")
+    assert t.loc["base", "train_samples"] == 0
+    # every policy sample is counted; VinePPO also pays for its auxiliary MC rollouts
+    assert (t.drop(["base", "vineppo"])["train_samples"] == expected_samples).all()
+    assert t.loc["vineppo", "train_samples"] > expected_samples
+    assert (t.drop("base")["train_flops"] > 0).all() and (t.drop("base")["wall_s"] > 0).all()
+    assert float(t.loc["rloo", "efficiency_vs_ref"]) == 1.0  # the reference reaches its own final accuracy
+    assert (res / "plots" / "rl_val_curves.png").stat().st_size > 10_000
+    # each method's own signals are logged per iteration
+    own = {"prime": ["kept_frac", "prm_loss", "process_reward_mean"], "prime_frozen": ["kept_frac"],
+           "pav": ["prover_adv_mean"], "jepo": ["answer_logp_mean"], "vineppo": ["aux_samples"]}
+    for algo in rl["algos"]:
+        rows = [json.loads(line) for line in (res / "rl" / algo / "s0" / "metrics.jsonl").read_text().splitlines()]
+        assert [m["iteration"] for m in rows] == list(range(rl["iterations"] + 1)), algo
+        assert rows[-1]["val_pass1"] is not None
+        for key in own.get(algo, []):
+            assert all(key in m for m in rows[1:]), (algo, key)
+    prime = [json.loads(line) for line in (res / "rl/prime/s0/metrics.jsonl").read_text().splitlines()][1:]
+    assert all(0 <= m["kept_frac"] <= 1 for m in prime) and any(m["prm_loss"] is not None for m in prime)
+    assert json.loads((res / "rl/pav/s0/summary.json").read_text())["reward_model"].endswith("rm/pav/model")
 
     # seed rollouts: one row per (prompt, sample), graded, split into steps, ground-truth labels
     rows = [json.loads(line) for line in (res / "rollouts" / "medium" / "train.jsonl").read_text().splitlines()]
@@ -133,13 +152,8 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
         assert s["compute"]["generated_tokens"] == s["generated_tokens"] > 0
     assert (res / "plots" / "search_vs_bon.png").stat().st_size > 10_000
 
-    # RL metrics: one row per iteration plus the iteration-0 validation point
-    metrics = [json.loads(line) for line in (res / "rl" / "rloo" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["iteration"] for m in metrics] == list(range(rl["iterations"] + 1))
-    assert metrics[-1]["val_pass1"] is not None
-
     # every rule has its log and benchmark file; no temporary or checkpoint leftovers
-    for rule_file in ["data_prep", "sft", "table2", "rl/rloo", "rl/grpo", "evaluate/base", "rollouts/medium_train",
+    for rule_file in ["data_prep", "sft", "table2", "rl/rloo/s0", "rl/prime/s0", "rl/jepo/s0", "evaluate/base/s0", "rollouts/medium_train",
                       "mc_label/medium_train", "train_rm/pav", "bon_pool/strong", "score_pool/implicit_dpo",
                       "verify_tables", "beam_search/pav_b2", "table3"]:
         assert (res / "logs" / f"{rule_file}.log").exists(), rule_file
@@ -155,29 +169,41 @@ def test_second_run_has_nothing_to_do(smoke_dir):
 
 
 def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
-    # an RL knob: both RL runs, their evaluations and the table; not data, SFT, base eval
+    # an RL knob: every RL run, its evaluation and the table; not data, SFT, base eval
     rl_change = overlay(tmp_path, "rl", {"rl": {"lr": 0.0001}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rl_change)) == {
-        "rl": 2, "evaluate": 2, "table2": 1}
-    # another method's knob, or the list of methods growing, reruns none of the existing runs
-    other = overlay(tmp_path, "vine", {"rl": {"vineppo_k": 3}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(other)) == {}
-    # an eval knob: the three evaluations and the table only
+        "rl": 7, "evaluate": 7, "table2": 1}
+    # one method's knob reruns that method only
+    for change in ({"vineppo_k": 3}, {"pav": {"alpha": 1.0}}, {"jepo": {"sup_coef": 0.5}}):
+        assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(overlay(tmp_path, "one", {"rl": change}))) == {
+            "rl": 1, "evaluate": 1, "table2": 1}, change
+    # PRIME's knobs rerun PRIME and its frozen-PRM ablation
+    prime = overlay(tmp_path, "prime", {"rl": {"prime": {"gamma": 0.9}}})
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(prime)) == {"rl": 2, "evaluate": 2, "table2": 1}
+    # fewer methods or one more seed reruns none of the existing runs
+    fewer = overlay(tmp_path, "fewer", {"rl": {"algos": ["rloo", "jepo"]}})
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(fewer)) == {"table2": 1}
+    seed = overlay(tmp_path, "seed", {"rl": {"seeds": [0, 1]}})
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(seed)) == {"rl": 7, "evaluate": 8, "table2": 1}
+    # an eval knob: every evaluation and the table only
     eval_change = overlay(tmp_path, "ev", {"eval": {"k": 3}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(eval_change)) == {"evaluate": 3, "table2": 1}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(eval_change)) == {"evaluate": 8, "table2": 1}
     # a rollouts knob: the rollouts and the MC labels built on them
     ro_change = overlay(tmp_path, "ro", {"rollouts": {"n_samples": 3}})
+    # (and PAV-RL and PRIME-frozen, which read reward models trained on them)
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ro_change)) == {
         "rollouts": 2, "mc_label": 1, "train_rm": 7, "score_pool": 7, "verify_tables": 1,  # train and held-out rollouts
-        "beam_search": 2, "table3": 1}
+        "beam_search": 2, "table3": 1, "rl": 2, "evaluate": 2, "table2": 1}
     # an MC knob: the labelling and the reward models trained on its labels (not the ORM)
     mc_change = overlay(tmp_path, "mc", {"mc_label": {"n_mc": 3}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(mc_change)) == {
-        "mc_label": 1, "train_rm": 3, "score_pool": 3, "verify_tables": 1, "beam_search": 2, "table3": 1}
+        "mc_label": 1, "train_rm": 3, "score_pool": 3, "verify_tables": 1, "beam_search": 2, "table3": 1,
+        "rl": 1, "evaluate": 1, "table2": 1}  # PAV-RL
     # a reward-model knob: the reward models only
     rm_change = overlay(tmp_path, "rm", {"rm": {"lr": 0.001}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rm_change)) == {
-        "train_rm": 7, "score_pool": 7, "verify_tables": 1, "beam_search": 2, "table3": 1}
+        "train_rm": 7, "score_pool": 7, "verify_tables": 1, "beam_search": 2, "table3": 1,
+        "rl": 2, "evaluate": 2, "table2": 1}  # PAV-RL, PRIME frozen
     # how pools are evaluated: the tables only, no rescoring; the pools themselves: sample, score, tables
     ver_change = overlay(tmp_path, "ver", {"verify": {"n_subsets": 4}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ver_change)) == {"verify_tables": 1, "table3": 1}
@@ -190,13 +216,18 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     # an SFT knob: everything downstream of SFT, but not data prep
     sft_change = overlay(tmp_path, "sft", {"sft": {"lr": 0.002}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(sft_change)) == {
-        "sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 7, "rl": 2, "evaluate": 3, "table2": 1,
+        "sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 7, "rl": 7, "evaluate": 8, "table2": 1,
         "bon_pool": 3, "score_pool": 7, "verify_tables": 1, "beam_search": 2, "table3": 1}
 
 
 def test_two_clean_runs_give_identical_tables(smoke_dir, tmp_path):
     other = run_smoke(tmp_path / "smoke_b")
-    assert (other / "results" / "table2.csv").read_bytes() == (smoke_dir / "results" / "table2.csv").read_bytes()
+    # everything but the measured wall time is identical
+    a, b = (pd.read_csv(d / "results" / "table2.csv").drop(columns="wall_s") for d in (smoke_dir, other))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    for algo in load_preset(SMOKE)["rl"]["algos"]:
+        pa, pb = (d / "results" / "rl" / algo / "s0" / "policy" / "model.safetensors" for d in (smoke_dir, other))
+        assert pa.read_bytes() == pb.read_bytes(), algo
     for rel in ["rollouts/medium/train.jsonl", "data/train.jsonl", "mc/medium/train.jsonl", "table1.csv", "table3.csv",
                 "table4.csv"]:
         assert (other / "results" / rel).read_bytes() == (smoke_dir / "results" / rel).read_bytes(), rel

@@ -4,7 +4,7 @@ import os
 import shlex
 import sys
 
-from pipeline.config import ConfigError, data_splits, validate_config
+from pipeline.config import ConfigError, data_splits, rl_reward_model, validate_config
 
 # The default preset, found next to the Snakefile whatever the working directory
 # (--directory); --configfile/--config values are merged over it.

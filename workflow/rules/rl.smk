@@ -1,39 +1,58 @@
 RL_ALGOS = list(config["rl"]["algos"])
-METHOD_KEYS = {"vineppo_k": "vineppo"}  # rl keys read by one algorithm only
+RL_SEEDS = [int(s) for s in config["rl"]["seeds"]]
+# rl keys read by some algorithms only: every other algorithm's job does not see them, so
+# adding a method to rl.algos or tuning one reruns no other
+METHOD_KEYS = {"vineppo_k": ("vineppo",), "prime": ("prime", "prime_frozen"), "pav": ("pav",), "jepo": ("jepo",),
+               "seeds": ()}
 
 
 def rl_cfg(algo):
-    """The rl section as one algorithm sees it: without the list of algorithms and without other
-    methods' keys, so adding a method or tuning one reruns nothing else."""
-    rl = {k: v for k, v in config["rl"].items() if k != "algos" and METHOD_KEYS.get(k, algo) == algo}
+    """The rl section as one algorithm sees it: without the list of algorithms and seeds and
+    without other methods' keys."""
+    rl = {k: v for k, v in config["rl"].items() if k != "algos" and algo in METHOD_KEYS.get(k, (algo,))}
     return cfg_json("task", "sampling", "seed", rl=rl)
 
 
+def rl_rm_input(wc):
+    name = rl_reward_model(config, wc.algo)
+    return [] if name is None else [f"{OUT}/rm/{name}/model"]
+
+
+def rl_rm_arg(wc):
+    name = rl_reward_model(config, wc.algo)
+    return "" if name is None else f"--rm {OUT}/rm/{name}/model"
+
+
 rule rl:
-    """Online RL (RLOO / GRPO / VinePPO) from the base policy; resumes from its checkpoint."""
+    """Online RL (RLOO / GRPO / PRIME / PRIME frozen / PAV-RL / VinePPO / JEPO) from the base
+    policy, one job per algorithm and seed; resumes from its checkpoint."""
     input:
         policy=policy_input(config["rl"]["base_policy"]),
         train=f"{OUT}/data/train.jsonl",
         val=f"{OUT}/data/val.jsonl",
+        rm=rl_rm_input,
     output:
-        policy=directory(f"{OUT}/rl/{{algo}}/policy"),
-        metrics=f"{OUT}/rl/{{algo}}/metrics.jsonl",
-        summary=f"{OUT}/rl/{{algo}}/summary.json",
+        policy=directory(f"{OUT}/rl/{{algo}}/s{{seed}}/policy"),
+        metrics=f"{OUT}/rl/{{algo}}/s{{seed}}/metrics.jsonl",
+        summary=f"{OUT}/rl/{{algo}}/s{{seed}}/summary.json",
     wildcard_constraints:
         algo="|".join(RL_ALGOS),
+        seed=r"\d+",
     params:
         cfg=lambda wc: rl_cfg(wc.algo),
         policy=policy_dir(config["rl"]["base_policy"]),
         data=f"{OUT}/data",
-        out=f"{OUT}/rl/{{algo}}",
-        ckpt=f"{OUT}/checkpoints/rl/{{algo}}",
+        out=f"{OUT}/rl/{{algo}}/s{{seed}}",
+        ckpt=f"{OUT}/checkpoints/rl/{{algo}}/s{{seed}}",
+        rm=rl_rm_arg,
     log:
-        f"{OUT}/logs/rl/{{algo}}.log",
+        f"{OUT}/logs/rl/{{algo}}/s{{seed}}.log",
     benchmark:
-        f"{OUT}/benchmarks/rl/{{algo}}.tsv"
+        f"{OUT}/benchmarks/rl/{{algo}}/s{{seed}}.tsv"
     threads: res("rl")["threads"]
     resources:
         **resources_of("rl"),
     shell:
-        "{PY} -m pipeline.rl --cfg {params.cfg} --algo {wildcards.algo} --policy {params.policy} "
-        "--data {params.data} --out {params.out} --ckpt {params.ckpt} --threads {threads} > {log} 2>&1"
+        "{PY} -m pipeline.rl --cfg {params.cfg} --algo {wildcards.algo} --seed {wildcards.seed} "
+        "--policy {params.policy} {params.rm} --data {params.data} --out {params.out} --ckpt {params.ckpt} "
+        "--threads {threads} > {log} 2>&1"

@@ -1,19 +1,27 @@
 TABLE2_METHODS = ["base"] + RL_ALGOS
 
 
+def per_seed(pattern, method):
+    return ",".join(pattern.format(m=method, s=s) for s in RL_SEEDS)
+
+
 rule table2:
-    """Online-RL results: one row per policy, one column per eval split, avg, compute."""
+    """Online-RL results: one row per method (mean and spread over seeds), one column per eval
+    split, avg, compute, wall time and sample efficiency against rl.reference."""
     input:
-        evals=expand(f"{OUT}/eval/{{method}}.json", method=TABLE2_METHODS),
-        rl=expand(f"{OUT}/rl/{{algo}}/summary.json", algo=RL_ALGOS),
-        metrics=expand(f"{OUT}/rl/{{algo}}/metrics.jsonl", algo=RL_ALGOS),
+        evals=expand(f"{OUT}/eval/{{method}}/s{{seed}}.json", method=TABLE2_METHODS, seed=RL_SEEDS),
+        rl=expand(f"{OUT}/rl/{{algo}}/s{{seed}}/summary.json", algo=RL_ALGOS, seed=RL_SEEDS),
+        metrics=expand(f"{OUT}/rl/{{algo}}/s{{seed}}/metrics.jsonl", algo=RL_ALGOS, seed=RL_SEEDS),
     output:
         table=report(f"{OUT}/table2.csv", category="Tables", caption="../report/table2.rst"),
         plot=report(f"{OUT}/plots/rl_val_curves.png", category="Online RL", caption="../report/rl_val_curves.rst"),
     params:
-        evals=" ".join(f"{m}={OUT}/eval/{m}.json" for m in TABLE2_METHODS),
-        rl=" ".join(f"{a}={OUT}/rl/{a}" for a in RL_ALGOS),
+        evals=" ".join(f"{m}=" + per_seed(OUT + "/eval/{m}/s{s}.json", m) for m in TABLE2_METHODS),
+        rl=" ".join(f"{a}=" + per_seed(OUT + "/rl/{m}/s{s}", a) for a in RL_ALGOS),
         splits=" ".join(config["eval"]["splits"]),
+        reference=config["rl"].get("reference", "rloo"),
+        # long-form answers: pass1 is the whole answer line's match; also report the final value alone
+        final_value="--final-value" if config["task"].get("arith", {}).get("answer_format") == "longform" else "",
     log:
         f"{OUT}/logs/table2.log",
     benchmark:
@@ -23,4 +31,4 @@ rule table2:
         **resources_of("tables"),
     shell:
         "{PY} -m pipeline.tables --eval {params.evals} --rl {params.rl} --splits {params.splits} "
-        "--out {output.table} --plot {output.plot} > {log} 2>&1"
+        "--reference {params.reference} {params.final_value} --out {output.table} --plot {output.plot} > {log} 2>&1"
