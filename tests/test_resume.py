@@ -51,8 +51,9 @@ def test_rl_resumes_after_kill_and_matches_uninterrupted_run(smoke_dir, tmp_path
 
     # the uninterrupted reference runs beside the one that gets killed (one thread each)
     full_out = tmp_path / "full"
+    err = tmp_path / "full.err"  # a file, not a pipe: a full pipe would stall the run
     full = subprocess.Popen(rl_cmd(cfg, smoke_dir, full_out, tmp_path / "ck_full", algo), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=err.open("w"))
     out, ckpt = tmp_path / "killed", tmp_path / "ck_killed"
     proc = subprocess.Popen(rl_cmd(cfg, smoke_dir, out, ckpt, algo), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -70,7 +71,7 @@ def test_rl_resumes_after_kill_and_matches_uninterrupted_run(smoke_dir, tmp_path
     assert not (out / "policy").exists() and not (out / "metrics.jsonl").exists()  # no partial outputs
     if algo == "prime":  # the online PRM is checkpointed at the same tag as the policy
         assert (ckpt / "prm" / f"step{killed_at:07d}").is_dir()
-    assert full.wait() == 0, full.stderr.read()[-3000:]
+    assert full.wait() == 0, err.read_text()[-3000:]
 
     resumed = subprocess.run(rl_cmd(cfg, smoke_dir, out, ckpt, algo), check=True, capture_output=True, text=True)
     assert f"resumed from {ckpt}/step{killed_at:07d}" in resumed.stderr
