@@ -2,8 +2,11 @@
 #   snakemake -c2 results/table2.csv                                  # tiny preset (default)
 #   snakemake -c2 --configfile config/smoke.yaml results/table2.csv   # another preset
 #   snakemake --profile slurm results/table2.csv                      # on a SLURM cluster
+#   snakemake -c2 results/ablations/implicit_prm.csv                  # an ablation grid (config `ablations:`)
 # Stages live in pipeline/ (one module each); rules in workflow/rules/ by stage.
 from snakemake.utils import min_version
+
+from pipeline.config import default_targets
 
 min_version("8.0")
 
@@ -17,14 +20,12 @@ include: "workflow/rules/rl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/verify.smk"
+include: "workflow/rules/ablations.smk"
 
 
 rule all:
     default_target: True
     input:
-        f"{OUT}/table1.csv",
-        f"{OUT}/table2.csv",
-        f"{OUT}/table3.csv",
-        f"{OUT}/table4.csv" if config["task"]["name"] == "arith" else [],
-        f"{OUT}/mc/{config['mc_label']['seed_policy']}/{config['mc_label']['split']}.jsonl",
-        expand(f"{OUT}/rm/{{rm}}/metrics.json", rm=config["rm"]["models"]),
+        # tables 1-4, MC labels, reward models; a preset's `targets:` narrows it to its paper's
+        # experiments (pipeline/config.py::default_targets)
+        default_targets(config, OUT),

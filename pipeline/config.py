@@ -22,10 +22,24 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "<top level>"
 
 
+def _closest_form(e) -> list:
+    """A value that fits none of several forms (oneOf / anyOf; e.g. an ablation grid, one block or
+    a list of them): the errors under the one form whose type it has, so the message says what is
+    wrong (`...grid.lr: unknown key`), not only that no form fits."""
+    if e.validator not in ("oneOf", "anyOf") or not e.context:
+        return [e]
+    by_form: dict = {}
+    for c in e.context:
+        by_form.setdefault(c.schema_path[0], []).append(c)
+    fits = [errs for errs in by_form.values() if not any(c.validator == "type" and not c.relative_path for c in errs)]
+    return [x for c in fits[0] for x in _closest_form(c)] if len(fits) == 1 else [e]
+
+
 def validate_config(cfg: dict, source: str = "config") -> dict:
     """Raise ConfigError listing every problem as `<source>: config key a.b.c: message`."""
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     errors = sorted(Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    errors = [x for e in errors for x in _closest_form(e)]
     problems = []
     for e in errors:
         if e.validator == "additionalProperties":
@@ -53,6 +67,28 @@ def data_splits(cfg: dict) -> list[str]:
     if cfg["task"]["name"] == "arith":
         return list(SFT_SPLITS)
     return list(cfg["task"].get("sources", {}))
+
+
+TARGETS = ("table1", "table2", "table3", "table4", "mc_labels", "reward_models")
+
+
+def targets(cfg: dict) -> list[str]:
+    """The experiments the default target builds: `targets` when set, else all of them (table4
+    only on the testbed, whose ground-truth step labels it needs)."""
+    return list(cfg.get("targets") or [t for t in TARGETS if t != "table4" or cfg["task"]["name"] == "arith"])
+
+
+def default_targets(cfg: dict, out: str) -> list[str]:
+    """Files of Snakemake's default target (`rule all`) for the experiments in `targets(cfg)`."""
+    paths: list[str] = []
+    for t in targets(cfg):
+        if t.startswith("table"):
+            paths.append(f"{out}/{t}.csv")
+        elif t == "mc_labels":
+            paths.append(f"{out}/mc/{cfg['mc_label']['seed_policy']}/{cfg['mc_label']['split']}.jsonl")
+        elif t == "reward_models":
+            paths.extend(f"{out}/rm/{rm}/metrics.json" for rm in cfg["rm"]["models"])
+    return paths
 
 
 def semantic_problems(cfg: dict) -> list[str]:
@@ -131,9 +167,127 @@ def semantic_problems(cfg: dict) -> list[str]:
         problems.append(f"config key rl.prime.acc_band: [{lo}, {hi}] is empty (min > max)")
     if rl.get("reference", "rloo") not in rl["algos"] and "reference" in rl:
         problems.append(f"config key rl.reference: {rl['reference']!r} is not in rl.algos {rl['algos']}")
-    for need in ("train", "val"):
-        if need not in splits:
-            problems.append(f"config key task.sources: RL needs a {need!r} split")
+    if "table2" in targets(cfg):  # only presets that run RL need its prompts and validation split
+        for need in ("train", "val"):
+            if need not in splits:
+                problems.append(f"config key task.sources: RL needs a {need!r} split")
+    if "table4" in targets(cfg) and task["name"] != "arith":
+        problems.append("config key targets: table4 needs the testbed's ground-truth step labels (task.name arith)")
+    for section in ("sft", "rm", "rl"):
+        tc = cfg[section]
+        if tc.get("offload_optimizer") and int(tc.get("zero_stage", 0)) == 0:
+            problems.append(f"config key {section}.offload_optimizer: needs ZeRO (zero_stage 1-3), got stage 0")
+    tp = int(cfg["sampling"].get("tensor_parallel_size", 1))
+    if cfg["sampling"]["backend"] == "vllm" and tp > 1:
+        for rule in ("rollouts", "mc_label", "bon_pool", "evaluate", "beam_search"):
+            gpus = {**cfg["resources"]["default"], **cfg["resources"].get(rule, {})}.get("gpu", 0)
+            if gpus < tp:
+                problems.append(f"config key resources.{rule}.gpu: {gpus} GPU(s), but sampling.tensor_parallel_size "
+                                f"is {tp}")
+    problems += ablation_problems(cfg, names)
+    return problems
+
+
+# ---- ablation grids (workflow/rules/ablations.smk) ----
+
+# grid -> its axes (the Paramspace columns, in path order); every grid is declared under
+# `ablations.<grid>.grid` as {axis: [values]} or a list of them (the union of their products)
+ABLATION_AXES = {
+    "implicit_prm": ("loss", "beta", "responses_per_instruction", "instruction_frac"),
+    "mc_label": ("n_mc", "n_cov", "prover_k"),
+    "pav_rl": ("alpha",),
+    "vineppo": ("k",),
+    "factors": ("data_policy", "dedup", "step_labels"),
+}
+AXIS_TYPES = {"loss": str, "beta": float, "responses_per_instruction": int, "instruction_frac": float,
+              "n_mc": int, "n_cov": int, "prover_k": int, "alpha": float, "k": int, "data_policy": str,
+              "dedup": bool, "step_labels": bool}
+PAIR_LOSSES = ("dpo", "nca")  # implicit-PRM losses trained on (correct, incorrect) pairs of one instruction
+
+
+def ablation_defaults(cfg: dict, grid: str) -> dict:
+    """The value an axis takes in a block that does not list it: the main config's own setting,
+    so the default cell is exactly the model or run the main DAG builds."""
+    rl = cfg["rl"]
+    return {
+        "implicit_prm": {"loss": "ce", "beta": cfg["rm"]["implicit_beta"],
+                         "responses_per_instruction": cfg["rollouts"]["n_samples"], "instruction_frac": 1.0},
+        "mc_label": {"n_mc": cfg["mc_label"]["n_mc"], "n_cov": cfg["mc_label"]["n_cov"],
+                     "prover_k": cfg["rm"]["pav_prover_k"]},
+        "pav_rl": {"alpha": rl.get("pav", {}).get("alpha", 3.0)},
+        "vineppo": {"k": rl.get("vineppo_k", 9)},
+        "factors": {"data_policy": cfg["rm"]["data_policy"], "dedup": False, "step_labels": False},
+    }[grid]
+
+
+def ablation_grid(cfg: dict, grid: str):
+    """The cells of one ablation grid as a pandas DataFrame (one row per cell, columns =
+    ABLATION_AXES[grid]): the union of the products of each block's axes, in declaration order,
+    duplicates dropped. The Snakefile wraps it in snakemake.utils.Paramspace."""
+    import itertools
+
+    import pandas as pd
+
+    axes = ABLATION_AXES[grid]
+    spec = cfg.get("ablations", {}).get(grid, {}).get("grid", [])
+    blocks = [spec] if isinstance(spec, dict) else list(spec)
+    defaults = ablation_defaults(cfg, grid)
+    rows = []
+    for block in blocks:
+        values = [[AXIS_TYPES[a](v) for v in block.get(a, [defaults[a]])] for a in axes]
+        for combo in itertools.product(*values):
+            if combo not in rows:
+                rows.append(combo)
+    df = pd.DataFrame(rows, columns=list(axes))
+    return df.astype({a: object if AXIS_TYPES[a] is str else AXIS_TYPES[a] for a in axes})
+
+
+def is_default_cell(cfg: dict, grid: str, cell: dict) -> bool:
+    """Whether a cell is the main config's own setting on every axis but the implicit PRM's loss
+    (each loss is a model of its own in the main DAG): then its artifact is the main DAG's."""
+    d = ablation_defaults(cfg, grid)
+    return all(AXIS_TYPES[a](cell[a]) == AXIS_TYPES[a](d[a]) for a in ABLATION_AXES[grid] if a != "loss")
+
+
+def ablation_problems(cfg: dict, names: set[str]) -> list[str]:
+    problems = []
+    n_samples = cfg["rollouts"]["n_samples"]
+    for grid, sec in cfg.get("ablations", {}).items():
+        if grid not in ABLATION_AXES:
+            continue  # the schema reports unknown grids
+        key = f"ablations.{grid}.grid"
+        df = ablation_grid(cfg, grid)
+        if df.empty:
+            problems.append(f"config key {key}: the grid has no cells")
+            continue
+        if grid == "implicit_prm":
+            for _, c in df.iterrows():
+                if c["responses_per_instruction"] > n_samples:
+                    problems.append(f"config key {key}: responses_per_instruction {c['responses_per_instruction']} "
+                                    f"exceeds the {n_samples} responses per instruction that rollouts.n_samples "
+                                    "samples")
+                if c["loss"] in PAIR_LOSSES and c["responses_per_instruction"] < 2:
+                    problems.append(f"config key {key}: loss {c['loss']!r} trains on (correct, incorrect) pairs "
+                                    "of one instruction and needs responses_per_instruction >= 2")
+        elif grid == "mc_label":
+            for n_cov in sorted(set(df["n_cov"])):
+                if n_cov > n_samples:
+                    problems.append(f"config key {key}: n_cov {n_cov} exceeds the {n_samples} seed rollouts per "
+                                    "prompt that rollouts.n_samples makes")
+        elif grid == "factors":
+            for pol in sorted(set(df["data_policy"])):
+                if pol not in names:
+                    problems.append(f"config key {key}: data_policy {pol!r} is not a known policy "
+                                    f"(known: {sorted(names)})")
+            loss = sec.get("loss", "ce")
+            if df["step_labels"].any() and loss in PAIR_LOSSES:
+                problems.append(f"config key ablations.factors.loss: {loss!r} trains on pairs; step labels need a "
+                                "per-response loss (ce, ce_inst, ce_data or kto)")
+        elif grid == "pav_rl":
+            rm_name = cfg["rl"].get("pav", {}).get("rm")
+            if not rm_name or not rm_name.startswith("pav"):
+                problems.append(f"config key {key}: PAV-RL cells read the PAV named by rl.pav.rm, which is "
+                                f"{rm_name!r}; set it to 'pav'")
     return problems
 
 

@@ -113,8 +113,11 @@ class HeadRewardModel:
         return cls(model, tokenizer, meta["kind"], meta)
 
     def save(self, out_dir: str | Path) -> None:
+        from .engine import full_state_dict
+
+        state = full_state_dict(self.model)  # full weights under ZeRO-3 (None otherwise)
         with atomic_dir(out_dir) as tmp:
-            self.model.save_pretrained(tmp)
+            self.model.save_pretrained(tmp, **({} if state is None else {"state_dict": state}))
             self.tokenizer.save_pretrained(tmp)
             (tmp / "rm_meta.json").write_text(json.dumps({**self.meta, "kind": self.kind}, indent=2, sort_keys=True))
 
@@ -207,8 +210,11 @@ class ImplicitPRM:
         meta = {**self.meta, "kind": "implicit"}
         if Path(meta["ref_policy"]).is_dir():  # a hub id stays as it is
             meta["ref_policy_from_model"] = os.path.relpath(Path(meta["ref_policy"]).resolve(), Path(out_dir).resolve())
+        from .engine import full_state_dict
+
+        state = full_state_dict(self.model)  # full weights under ZeRO-3 (None otherwise)
         with atomic_dir(out_dir) as tmp:
-            self.model.save_pretrained(tmp)
+            self.model.save_pretrained(tmp, **({} if state is None else {"state_dict": state}))
             self.tokenizer.save_pretrained(tmp)
             (tmp / "rm_meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 

@@ -54,7 +54,7 @@ from .mc_label import prefix_success_counts
 from .modeling import load_policy, save_policy
 from .reward_models import HeadRewardModel, ImplicitPRM
 from .rm_losses import ce_loss
-from .sampler import HFSampler
+from .sampler import HFSampler, VLLMSampler, make_sampler
 from .scoring import collate, join_responses, split_responses, token_logprobs
 from .steps import split_steps_with_ends, step_token_ends
 from .task import answer_text, cot_end, format_prompt, judge
@@ -233,7 +233,6 @@ def main(argv=None) -> None:
     mb, epochs = int(rl["minibatch_size"]), int(rl["ppo_epochs"])
     steps_per_iter = epochs * -(-P * K // mb)
     engine = build_engine(model, rl, total_steps=iters * steps_per_iter, micro_batch_size=mb)
-    sampler = HFSampler(engine.module, tokenizer, batch_size=samp["batch_size"], progress=False)
 
     # the method's reward model: PRIME's implicit PRM (online engine or frozen), PAV's verifier
     prm, prm_engine, pav_rm, extra_engines = None, None, None, {}
@@ -263,6 +262,14 @@ def main(argv=None) -> None:
         "iteration": 0, "metrics": [], "compute": Compute().to_dict(), "wall_s": 0.0}
     compute = Compute.from_dict(state["compute"])
     t_start = time.time() - state["wall_s"]
+    # the sampler follows the weights being trained: HF samples from engine.module itself; vLLM
+    # (GPU presets) runs its own copy, loaded from the base policy and synced from the trainer
+    # here (after a resume, the checkpoint's weights) and after every update
+    if samp.get("backend", "hf") == "vllm":
+        sampler = make_sampler(samp, model_path=args.policy, colocate=True)
+        sampler.sync_weights(engine.module)  # every rank calls it under ZeRO-3
+    else:
+        sampler = HFSampler(engine.module, tokenizer, batch_size=samp["batch_size"], progress=False)
     pad = tokenizer.pad_token_id
 
     def validate(it: int) -> float:
@@ -311,7 +318,8 @@ def main(argv=None) -> None:
             kept = [i for i, keep in enumerate(accuracy_band(rewards, float(lo), float(hi)).tolist()) if keep]
             train_idx = [i * K + k for i in kept for k in range(K)]
             adv_tok = [torch.zeros(len(r)) for r in response_ids]
-            extra.update(kept_frac=len(kept) / P, prm_loss=None, process_reward_mean=None)
+            extra.update(kept_frac=len(kept) / P, prm_loss=None, process_reward_mean=None,
+                         process_adv_abs=None, outcome_adv_abs=None)
             if kept:
                 examples = [{"prompt_ids": prompt_ids[i], "response_ids": response_ids[i]} for i in train_idx]
                 tr, extra["prm_loss"] = prime_token_rewards(prm, prm_engine, examples, rewards[kept].flatten(), mb, it)
@@ -322,11 +330,16 @@ def main(argv=None) -> None:
                     compute.add_scoring(prm_params, n_tok)
                 compute.add_scoring(count_params(prm.ref_model), n_tok)
                 extra["process_reward_mean"] = float(torch.cat(tr).mean())
+                base = prime_cfg.get("base", "rloo")
+                proc_abs, out_abs = [], []  # how large the process-return term is beside the outcome term
                 for j, i in enumerate(kept):
-                    advs = prime_advantages(tr[j * K:(j + 1) * K], rewards[i], float(prime_cfg.get("gamma", 1.0)),
-                                            prime_cfg.get("base", "rloo"))
+                    advs = prime_advantages(tr[j * K:(j + 1) * K], rewards[i], float(prime_cfg.get("gamma", 1.0)), base)
+                    out = OUTCOME_ADVANTAGES[base](rewards[i].unsqueeze(0)).squeeze(0)
                     for k in range(K):
                         adv_tok[i * K + k] = advs[k]
+                        proc_abs.append((advs[k] - out[k]).abs().mean().item())
+                        out_abs.append(abs(float(out[k])))
+                extra.update(process_adv_abs=mean_or_none(proc_abs), outcome_adv_abs=mean_or_none(out_abs))
         elif algo == "jepo":
             response_ids, n_cot = jepo_sequences(tokenizer, records, gens, task_cfg)
         else:
@@ -387,6 +400,8 @@ def main(argv=None) -> None:
                 losses.append(loss.item())
                 clip_fracs.append(stats["clip_frac"])
         compute.add_training(n_params, n_tokens * epochs)
+        if isinstance(sampler, VLLMSampler):
+            sampler.sync_weights(engine.module)  # the next iteration samples from the updated policy
 
         row = {"iteration": it + 1, "reward_mean": rewards.mean().item(),
                "solved_all_frac": (rewards.min(1).values == 1).float().mean().item(),

@@ -7,6 +7,7 @@ returns token ids and text per sample and accumulates tokens and FLOPs in `self.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -303,7 +304,14 @@ class VLLMSampler(Sampler):
     """vLLM backend (GPU only). Imported lazily: CPU installs and CI never import vllm."""
 
     def __init__(self, model_path: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
-                 dtype: str = "bfloat16", enable_prefix_caching: bool = True, n_params: int | None = None):
+                 dtype: str = "bfloat16", enable_prefix_caching: bool = True, n_params: int | None = None,
+                 colocate: bool = False):
+        """`colocate`: the engine runs inside this process (vLLM V1's engine core otherwise runs in a
+        child process), so a trainer in the same process can push its weights with `sync_weights`
+        straight into the model (RL: policy and vLLM share the GPU; leave the training room with
+        `gpu_memory_utilization`)."""
+        if colocate:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM
         except ImportError as e:  # pragma: no cover - depends on the GPU extra
@@ -312,13 +320,36 @@ class VLLMSampler(Sampler):
                        gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=enable_prefix_caching,
                        trust_remote_code=False)
         self.tokenizer = self.llm.get_tokenizer()
+        self.tensor_parallel_size = int(tensor_parallel_size)
         self.n_params = n_params or param_count_from_config(model_path)
         self.compute = Compute()
 
+    def sync_weights(self, model) -> int:
+        """Push the current policy weights into the running engine, so the next `generate` samples
+        from them (on-policy RL with vLLM). `model`: the trained module (e.g. `engine.module`; under
+        ZeRO-3 every rank must call this, since each parameter is gathered in turn) or an iterable
+        of (HF parameter name, tensor). The prefix cache is reset: KV blocks computed with the old
+        weights must not be reused. Returns the number of tensors sent.
+
+        With one GPU and a colocated engine (`colocate=True`) the weights go straight to the
+        in-process model's `load_weights` (the path TRL and verl use); otherwise every worker
+        receives them through `LLM.apply_model` (a collective RPC; vLLM V1 then needs
+        VLLM_ALLOW_INSECURE_SERIALIZATION=1 to ship the function)."""
+        from .engine import gathered_named_parameters
+
+        weights = gathered_named_parameters(model) if hasattr(model, "named_parameters") else iter(model)
+        n = load_weights_into_vllm(self.llm, weights, in_process=self.tensor_parallel_size == 1)
+        if hasattr(self.llm, "reset_prefix_cache"):
+            self.llm.reset_prefix_cache()
+        return n
+
     def generate(self, prompts, n=1, *, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0,
                  greedy=False, desc="sampling"):
-        return self._run(list(prompts), n, 0.0 if greedy else temperature, 1.0 if greedy else top_p,
-                         max_new_tokens, seed)
+        # token ids as the HF path encodes them (no special tokens added: a prompt template that
+        # writes its own BOS would otherwise get a second one from vLLM's tokenizer call)
+        ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+        return self._run([{"prompt_token_ids": list(x)} for x in ids], n, 0.0 if greedy else temperature,
+                         1.0 if greedy else top_p, max_new_tokens, seed)
 
     def generate_from_prefixes(self, prefixes, n=1, *, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0,
                                share_prefix=True, stop=None, desc="completions"):
@@ -352,9 +383,69 @@ class VLLMSampler(Sampler):
         return out
 
 
-def make_sampler(sampling_cfg: dict, model=None, tokenizer=None, model_path: str | None = None) -> Sampler:
+_DRIVER_MODEL_PATHS = (
+    # vLLM V1 with the engine core in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0), as in TRL's
+    # and verl's colocated modes
+    ("llm_engine", "model_executor", "driver_worker", "worker", "model_runner", "model"),
+    ("llm_engine", "engine_core", "engine_core", "model_executor", "driver_worker", "worker", "model_runner", "model"),
+    ("llm_engine", "model_executor", "driver_worker", "model_runner", "model"),  # vLLM V0
+)
+
+
+def vllm_driver_model(llm):
+    """The model module of a vLLM engine's in-process driver worker, or None when the engine runs
+    its workers in other processes."""
+    for path in _DRIVER_MODEL_PATHS:
+        obj = llm
+        try:
+            for attr in path:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            continue
+        if obj is not None and hasattr(obj, "load_weights"):
+            return obj
+    return None
+
+
+class _LoadWeights:
+    """Picklable call for `LLM.apply_model`: load (name, tensor) pairs into one worker's model."""
+
+    def __init__(self, weights: list):
+        self.weights = weights
+
+    def __call__(self, model) -> int:
+        model.load_weights(weights=self.weights)
+        return len(self.weights)
+
+
+def load_weights_into_vllm(llm, weights, in_process: bool = True) -> int:
+    """Load (HF parameter name, tensor) pairs into a running vLLM engine (its model's
+    `load_weights` maps HF names onto vLLM's fused layers: qkv_proj, gate_up_proj, ...). In-process
+    engines take them one at a time (the iterator may gather ZeRO-3 parameters lazily); otherwise
+    they are copied to the CPU and sent to every worker (tensor-parallel ranks each take their
+    shard). Returns the number of tensors."""
+    model = vllm_driver_model(llm) if in_process else None
+    if model is not None:
+        count = 0
+
+        def counted():
+            nonlocal count
+            for name, tensor in weights:
+                count += 1
+                yield name, tensor
+
+        model.load_weights(weights=counted())
+        return count
+    cpu = [(name, tensor.detach().to("cpu")) for name, tensor in weights]
+    llm.apply_model(_LoadWeights(cpu))
+    return len(cpu)
+
+
+def make_sampler(sampling_cfg: dict, model=None, tokenizer=None, model_path: str | None = None,
+                 colocate: bool = False) -> Sampler:
     """Build the configured backend. The HF backend wraps an in-memory model (so RL samples
-    from the weights it is training); vLLM loads `model_path`."""
+    from the weights it is training); vLLM loads `model_path` (`colocate`: in this process, for
+    `VLLMSampler.sync_weights` from a trainer beside it)."""
     backend = sampling_cfg.get("backend", "hf")
     if backend == "hf":
         if model is None:
@@ -364,5 +455,5 @@ def make_sampler(sampling_cfg: dict, model=None, tokenizer=None, model_path: str
                          progress=sampling_cfg.get("progress", True))
     if backend == "vllm":
         return VLLMSampler(model_path, tensor_parallel_size=sampling_cfg.get("tensor_parallel_size", 1),
-                           gpu_memory_utilization=sampling_cfg.get("gpu_memory_utilization", 0.85))
+                           gpu_memory_utilization=sampling_cfg.get("gpu_memory_utilization", 0.85), colocate=colocate)
     raise ValueError(f"sampling.backend must be 'hf' or 'vllm', got {backend!r}")

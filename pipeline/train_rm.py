@@ -13,6 +13,12 @@ Targets (all binary cross-entropy on the head's logit at a position):
   (random filtering of the majority class, as exact weights), DPO and NCA on (correct,
   incorrect) pairs of one prompt, KTO with the KL reference point from mismatched pairs.
 The artifact records training FLOPs plus the data-collection FLOPs of the labels it used.
+
+Ablation options (workflow/rules/ablations.smk), all applied to the same label file, so grid cells
+never resample: `--responses-per-instruction` / `--instruction-frac` train on a nested subsample
+(charged that share of the sampling cost), `--dedup` drops repeated responses of an instruction,
+and `--step-labels` (implicit PRM) adds the MC step labels of those rollouts as a BCE term on
+sigmoid(q_h), the implicit PRM's Q at each step end (the Implicit PRM paper's "extra step labels").
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ from .flops import Compute, count_params
 from .metrics import auroc, within_group_auroc
 from .reward_models import (AGGREGATIONS, HeadRewardModel, ImplicitPRM, aggregate, score_positions,
                             scoring_examples)
-from .rm_losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss
+from .rm_losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss, step_q_values
 from .scoring import collate, split_responses, token_logprobs
 from .utils import check_finite, read_json, read_jsonl, seed_everything, stage_parser, start_stage, write_json
 
@@ -157,6 +163,66 @@ def implicit_examples(rows: list[dict], tokenizer) -> list[dict]:
     return base
 
 
+def subsample_rows(rows: list[dict], responses_per_instruction: int | None = None,
+                   instruction_frac: float = 1.0, seed: int = 0) -> list[dict]:
+    """The training rows of a data-scaling ablation, drawn from the same seed rollouts: the first
+    round(instruction_frac * #instructions) instructions (at least one), and of each at most
+    `responses_per_instruction` responses drawn as MC labelling draws its seeds (`select_seeds`:
+    seeded per instruction, so a smaller draw is a subset of a larger one). No options: `rows`."""
+    if not 0 < instruction_frac <= 1:
+        raise ValueError(f"instruction_frac must be in (0, 1], got {instruction_frac}")
+    if responses_per_instruction is not None and responses_per_instruction < 1:
+        raise ValueError(f"responses_per_instruction must be >= 1, got {responses_per_instruction}")
+    if responses_per_instruction is None and instruction_frac == 1:
+        return list(rows)
+    from .mc_label import select_seeds
+
+    n_inst = len({r["id"] for r in rows})
+    n_keep = max(1, round(instruction_frac * n_inst))
+    return select_seeds(rows, n_keep, responses_per_instruction or len(rows), seed)
+
+
+def dedup_rows(rows: list[dict]) -> list[dict]:
+    """Drop a response identical (same token ids) to an earlier one of the same instruction."""
+    seen, out = set(), []
+    for r in rows:
+        key = (r["id"], tuple(r["response_ids"]))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def attach_step_labels(examples: list[dict], rows: list[dict], mc_rows: list[dict], label: str = "he") -> int:
+    """Give each implicit-PRM example whose seed rollout has MC step labels (matched by id and
+    sample_idx) `step_targets`: Math-Shepherd HE or SE per step. `examples` align with the rows
+    that have a response and steps. Returns how many examples got labels."""
+    by_key = {(m["id"], m["sample_idx"]): m for m in mc_rows}
+    kept = [r for r in rows if r["response_ids"] and r["step_ends"]]
+    n = 0
+    for e, r in zip(examples, kept):
+        m = by_key.get((r["id"], r.get("sample_idx")))
+        if m is not None and len(m[label]) == len(e["step_token_ends"]):
+            e["step_targets"] = [float(x) for x in m[label]]
+            n += 1
+    return n
+
+
+def step_label_loss(token_rewards: list[torch.Tensor], batch_examples: list[dict]) -> torch.Tensor | None:
+    """BCE between sigmoid(q_h), the implicit PRM's Q at the end of step h (the last step runs
+    through EOS, as in scoring), and the MC step labels, over every labelled step of the batch;
+    None when no example of the batch has labels."""
+    qs, ts = [], []
+    for tr, e in zip(token_rewards, batch_examples):
+        if e.get("step_targets"):
+            ends = list(e["step_token_ends"][:-1]) + [len(e["response_ids"])]
+            qs.append(step_q_values(tr, ends))
+            ts.append(torch.tensor(e["step_targets"], device=tr.device))
+    if not qs:
+        return None
+    return F.binary_cross_entropy_with_logits(torch.cat(qs).float(), torch.cat(ts).float())
+
+
 def preference_pairs(examples: list[dict]) -> list[tuple[int, int]]:
     """Every (correct, incorrect) pair of responses to the same instruction, in data order."""
     by_inst: dict[str, list[int]] = {}
@@ -178,33 +244,41 @@ def reference_logprobs(prm: ImplicitPRM, examples: list[dict], batch_size: int) 
 
 
 def implicit_loss(prm: ImplicitPRM, model, loss: str, items: list, examples: list[dict], ref: list[torch.Tensor],
-                  weights: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+                  weights: torch.Tensor | None, step_coef: float = 0.0) -> tuple[torch.Tensor, int]:
     """Loss of one batch: `items` are example indices (CE, KTO) or (chosen, rejected) pairs
-    (DPO, NCA). Returns (loss, tokens that went through the policy)."""
+    (DPO, NCA). With `step_coef` > 0, CE and KTO add `step_coef` x the BCE of sigmoid(q_h) against
+    the examples' MC step labels (`step_label_loss`). Returns (loss, tokens through the policy)."""
     def rewards(idx):
         exs = [examples[i] for i in idx]
         trs = prm.response_token_rewards(model, exs, [ref[i] for i in idx])
-        return torch.stack([t.sum() for t in trs]), sum(len(e["prompt_ids"]) + len(e["response_ids"]) for e in exs)
+        return (torch.stack([t.sum() for t in trs]), sum(len(e["prompt_ids"]) + len(e["response_ids"]) for e in exs),
+                trs)
 
     if loss in ("dpo", "nca"):
-        r, n = rewards([w for w, _ in items] + [l for _, l in items])
+        r, n, _ = rewards([w for w, _ in items] + [l for _, l in items])
         r_w, r_l = r[: len(items)], r[len(items):]
         return (dpo_loss(r_w, r_l) if loss == "dpo" else nca_loss(r_w, r_l)), n
-    r, n = rewards(items)
+    r, n, trs = rewards(items)
     labels = torch.tensor([examples[i]["label"] for i in items], device=r.device)
+    step = step_label_loss(trs, [examples[i] for i in items]) if step_coef > 0 else None
+    extra = 0.0 if step is None else step_coef * step
     if loss == "kto":
         # KL reference point: rewards of mismatched (x_i, y_{i+1}) pairs in the batch (KTO / TRL)
         mism = [dict(examples[i], response_ids=examples[items[(k + 1) % len(items)]]["response_ids"])
                 for k, i in enumerate(items)]
         r_mm = torch.stack([t.sum() for t in prm.response_token_rewards(model, mism)])
-        return kto_loss(r, labels, kto_kl_estimate(r_mm)), 2 * n
+        return kto_loss(r, labels, kto_kl_estimate(r_mm)) + extra, 2 * n
     w = weights[items].to(r.device) if weights is not None else None
-    return ce_loss(r, labels, w), n
+    return ce_loss(r, labels, w) + extra, n
 
 
-def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str, seed: int) -> tuple[list[float], Compute]:
+def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str, seed: int,
+                   step_coef: float = 0.0) -> tuple[list[float], Compute]:
     if loss not in IMPLICIT_LOSSES:
         raise ValueError(f"implicit PRM loss must be one of {IMPLICIT_LOSSES}, got {loss!r}")
+    if step_coef > 0 and loss in ("dpo", "nca"):
+        raise ValueError(f"step labels add a per-example term; loss {loss!r} trains on pairs (use ce, ce_inst, "
+                         "ce_data or kto)")
     bs, epochs = int(rmc["batch_size"]), int(rmc["epochs"])
     n_params = count_params(prm.model)
     compute = Compute()
@@ -223,7 +297,8 @@ def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str,
     engine = build_engine(prm.model, {**rmc, "lr": rmc.get("implicit_lr", rmc["lr"])},
                           total_steps=epochs * -(-len(items) // per_batch), micro_batch_size=bs)
     losses = run_training(engine, len(items), per_batch, epochs, seed, f"implicit {loss}",
-                          lambda idx: implicit_loss(prm, engine, loss, [items[i] for i in idx], examples, ref, weights),
+                          lambda idx: implicit_loss(prm, engine, loss, [items[i] for i in idx], examples, ref, weights,
+                                                    step_coef),
                           compute, n_params)
     prm.model = engine.module
     return losses, compute
@@ -239,6 +314,15 @@ def main(argv=None) -> None:
     p.add_argument("--heldout", required=True, help="held-out seed rollouts JSONL")
     p.add_argument("--data-cost", nargs="*", default=[], help="summary JSONs whose compute made the labels")
     p.add_argument("--out", required=True, help="output dir: model/ and metrics.json")
+    # ablation options (workflow/rules/ablations.smk): subsets and variants of the same labels
+    p.add_argument("--responses-per-instruction", type=int, default=None,
+                   help="train on at most this many responses per instruction (subsample_rows)")
+    p.add_argument("--instruction-frac", type=float, default=1.0, help="train on this share of the instructions")
+    p.add_argument("--dedup", action="store_true", help="drop responses identical to an earlier one of the same instruction")
+    p.add_argument("--step-labels", default=None,
+                   help="implicit: MC labels JSONL (pipeline.mc_label) whose --prm-label step labels add a BCE term on q_h")
+    p.add_argument("--step-coef", type=float, default=1.0, help="weight of the step-label term")
+    p.add_argument("--step-labels-cost", nargs="*", default=[], help="summary JSONs whose compute made the step labels")
     args, cfg = start_stage(p, argv)
     rmc, seed = cfg["rm"], int(cfg["seed"])
     seed_everything(seed)
@@ -246,16 +330,33 @@ def main(argv=None) -> None:
     meta = {"prover_k": int(rmc["pav_prover_k"]), "alpha": float(rmc["pav_alpha"]),
             "prm_label": args.prm_label, "init_policy": args.policy}
     bs = int(rmc["batch_size"])
+    if args.step_labels and args.kind != "implicit":
+        raise SystemExit("--step-labels: only for --kind implicit (the other kinds train on MC labels already)")
+    all_rows = read_jsonl(args.labels)
+    rows = subsample_rows(all_rows, args.responses_per_instruction, args.instruction_frac, seed)
+    # a subsample pays for the share of the sampling it would have needed; dropping duplicates saves none
+    data_frac = len(rows) / max(1, len(all_rows))
+    if args.dedup:
+        rows = dedup_rows(rows)
+    ablation = {"responses_per_instruction": args.responses_per_instruction, "instruction_frac": args.instruction_frac,
+                "dedup": args.dedup, "n_rows": len(rows), "n_rows_available": len(all_rows),
+                "n_instructions": len({r["id"] for r in rows}), "step_labels": bool(args.step_labels)}
     if args.kind == "implicit":
         meta.update(beta=float(rmc["implicit_beta"]), loss=args.loss)
         rm = ImplicitPRM.init_from_policy(args.policy, meta)
-        examples = implicit_examples(read_jsonl(args.labels), rm.tokenizer)
-        losses, train_compute = train_implicit(rm, examples, rmc, args.loss, seed)
+        examples = implicit_examples(rows, rm.tokenizer)
+        step_coef = 0.0
+        if args.step_labels:
+            ablation["n_step_labelled"] = attach_step_labels(examples, rows, read_jsonl(args.step_labels),
+                                                             args.prm_label)
+            step_coef = args.step_coef
+            ablation.update(step_label=args.prm_label, step_coef=step_coef)
+        losses, train_compute = train_implicit(rm, examples, rmc, args.loss, seed, step_coef)
         weights = None
         n_params = count_params(rm.model)
     else:
         rm = HeadRewardModel.init_from_policy(args.policy, args.kind, meta)
-        examples = build_examples(read_jsonl(args.labels), rm.tokenizer, args.kind, args.prm_label)
+        examples = build_examples(rows, rm.tokenizer, args.kind, args.prm_label)
         weights = class_balance_weights([t for e in examples for t in e["targets"]]) if args.kind == "pav" else None
         losses, train_compute = train_head(rm, examples, rmc, weights, seed, args.kind)
         n_params = count_params(rm.model)
@@ -263,12 +364,15 @@ def main(argv=None) -> None:
     data_compute = Compute()
     for path in args.data_cost:
         data_compute = data_compute.merge(Compute.from_dict(read_json(path)["compute"]))
+    data_compute.flops *= data_frac
+    for path in args.step_labels_cost:
+        data_compute = data_compute.merge(Compute.from_dict(read_json(path)["compute"]))
     metrics.update(kind=args.kind, loss=args.loss if args.kind == "implicit" else "bce", n_examples=len(examples),
                    n_targets=sum(len(e.get("targets", [0])) for e in examples),
                    final_loss=sum(losses[-10:]) / max(1, len(losses[-10:])), loss_curve=losses,
                    train_flops=train_compute.flops, data_flops=data_compute.flops,
                    total_flops=train_compute.flops + data_compute.flops, n_params=n_params, wall_s=time.time() - t0,
-                   class_balance=weights)
+                   class_balance=weights, data_fraction=data_frac, ablation=ablation)
     rm.meta.update(train_flops=train_compute.flops, data_flops=data_compute.flops)
     rm.save(Path(args.out) / "model")
     write_json(Path(args.out) / "metrics.json", metrics)

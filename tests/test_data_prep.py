@@ -52,7 +52,9 @@ def test_real_data_path_builds_common_records_from_local_files(tmp_path):
         "rl": {"base_policy": "llama"}, "rollouts": {"policy": "llama"}, "eval": {"splits": ["test"]},
         "mc_label": {"seed_policy": "llama", "completer": "llama"},
         "rm": {"init_policy": "llama", "data_policy": "llama"}, "verify": {"generators": ["llama"]},
-        "search": {"policy": "llama"}})
+        "search": {"policy": "llama"},
+        # tiny.yaml's factors grid names testbed policies (weak vs medium responses): redefine it
+        "ablations": {"factors": {"grid": [{"dedup": [True]}]}}})
     validate_config(cfg)
     summary = run_stage(cfg, tmp_path)
     assert summary["test"] == 1 and summary["train"] >= 1 and summary["val"] >= 1

@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from pipeline.grader import grade  # noqa: E402
-from pipeline.loaders import LOADERS, load_records  # noqa: E402
+from pipeline.loaders import BENCHMARKS, LOADERS, load_records  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 SCHEMA = {"id", "problem", "answer", "source"}
@@ -26,7 +26,16 @@ def _check_schema(records: list[dict], source: str) -> None:
 
 
 def test_loaders_registry_names():
-    assert set(LOADERS) == {"math", "math500", "gsm8k", "ultrainteract_math"}
+    assert set(LOADERS) == {"math", "math500", "gsm8k", "ultrainteract_math", "eurus2_rl_math", "aime24", "amc",
+                            "amc23", "minerva_math", "olympiadbench"}
+    assert set(BENCHMARKS) <= set(LOADERS)
+    # the real hub ids and configs (checked against the hub dataset cards / papers' eval code)
+    assert (LOADERS["aime24"].hub_id, LOADERS["aime24"].hub_splits) == ("AI-MO/aimo-validation-aime", ("train",))
+    assert LOADERS["amc23"].hub_id == "math-ai/amc23" and LOADERS["amc"].hub_id == "AI-MO/aimo-validation-amc"
+    assert LOADERS["minerva_math"].hub_id == "math-ai/minervamath"
+    assert (LOADERS["olympiadbench"].hub_id, LOADERS["olympiadbench"].hub_config) == (
+        "Hothan/OlympiadBench", "OE_TO_maths_en_COMP")
+    assert LOADERS["eurus2_rl_math"].hub_id == "PRIME-RL/Eurus-2-RL-Data"
 
 
 def test_math_last_boxed_of_solution(caplog):
@@ -122,3 +131,72 @@ def test_hub_split_checked_before_any_download():
     """UltraInteract has only a train split; asking for test must fail fast and clearly."""
     with pytest.raises(ValueError, match="no split 'test'"):
         load_records("ultrainteract_math", split="test")
+
+
+# ---- the benchmark suite (AIME 2024, AMC, AMC 2023, Minerva Math, OlympiadBench) and PRIME's RL data ----
+# Each sample file has a few rows in the hub dataset's own column layout; every reference answer
+# must be accepted by the math grader against an equivalent answer written differently.
+
+def test_aime24_keeps_2024_and_unpads_answers():
+    records = load_records("aime24", path=str(DATA / "aime_sample.jsonl"), split="train")
+    _check_schema(records, "aime24")
+    assert [r["id"] for r in records] == ["60", "75"]  # the 2022 problem is filtered out
+    assert [r["answer"] for r in records] == ["9", "204"]  # "009" on the hub
+    assert grade(r"so there are \boxed{9} pairs", records[0]["answer"], "math")
+    assert grade(r"The answer is $\boxed{204}$.", records[1]["answer"], "math")
+    assert not grade(r"\boxed{205}", records[1]["answer"], "math")
+
+
+def test_amc_float_answers_become_integers():
+    records = load_records("amc", path=str(DATA / "amc_sample.jsonl"), split="train")
+    _check_schema(records, "amc")
+    assert [r["answer"] for r in records] == ["142", "-4"]
+    assert grade(r"m+n = \boxed{142}", records[0]["answer"], "math")
+    assert grade(r"\boxed{-4.0}", records[1]["answer"], "math")
+
+
+def test_amc23_question_column():
+    records = load_records("amc23", path=str(DATA / "amc23_sample.jsonl"))
+    _check_schema(records, "amc23")
+    assert [r["id"] for r in records] == ["amc23-test-0", "amc23-test-1"]
+    assert records[0]["problem"].startswith("Cities $A$ and $B$")
+    assert [r["answer"] for r in records] == ["27", "36"]
+    assert grade(r"They meet \boxed{27} miles from A.", records[0]["answer"], "math")
+
+
+def test_minerva_math_answers(caplog):
+    with caplog.at_level(logging.WARNING):
+        records = load_records("minerva_math", path=str(DATA / "minerva_sample.jsonl"))
+    _check_schema(records, "minerva_math")
+    assert [r["answer"] for r in records] == ["1.6", r"\frac{1}{2}"]
+    assert "skipped 1 row" in caplog.text
+    assert grade(r"\boxed{1.60}", records[0]["answer"], "math")
+    assert grade(r"\boxed{0.5}", records[1]["answer"], "math")
+
+
+def test_olympiadbench_final_answer_subset(caplog):
+    with caplog.at_level(logging.WARNING):
+        records = load_records("olympiadbench", path=str(DATA / "olympiadbench_sample.jsonl"), split="train")
+    _check_schema(records, "olympiadbench")
+    assert [r["id"] for r in records] == ["1606", "2001", "2500"]  # Chinese row filtered, no-answer row skipped
+    assert [r["answer"] for r in records] == ["10", "-2,2", r"\frac{15}{2}"]  # $...$ stripped
+    assert records[2]["problem"] == "Let $T=7$.\nCompute $T+\\frac{1}{2}$."  # the shared context comes first
+    assert "skipped 1 row" in caplog.text
+    assert grade(r"\boxed{10}", records[0]["answer"], "math")
+    assert grade(r"\boxed{7.5}", records[2]["answer"], "math")
+    assert grade(r"\boxed{2, -2}", records[1]["answer"], "math")  # a set of answers in any order
+
+
+def test_eurus2_rl_keeps_math_and_strips_the_instruction():
+    records = load_records("eurus2_rl_math", path=str(DATA / "eurus2_rl_sample.jsonl"), split="train")
+    _check_schema(records, "eurus2_rl_math")
+    assert [r["id"] for r in records] == ["eurus2_rl_math-train-0", "eurus2_rl_math-train-2"]  # code row dropped
+    assert records[0]["problem"] == r"What is $\frac{1}{4}+\frac{1}{4}$?"
+    assert grade(r"\boxed{0.5}", records[0]["answer"], "math")
+    assert grade(r"x = \boxed{4}", records[1]["answer"], "math")
+
+
+@pytest.mark.parametrize("name, split", [("aime24", "test"), ("minerva_math", "train"), ("olympiadbench", "test")])
+def test_benchmark_hub_splits_checked_before_download(name, split):
+    with pytest.raises(ValueError, match=f"no split '{split}'"):
+        load_records(name, split=split)

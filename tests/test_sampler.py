@@ -412,6 +412,17 @@ class _FakeSamplingParams:
         self.n = kwargs["n"]
 
 
+class _FakeTokenizer:
+    """A character-code tokenizer standing in for the engine's HF tokenizer."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, texts, add_special_tokens=True):
+        self.calls.append(add_special_tokens)
+        return {"input_ids": [[ord(c) for c in t] for t in texts]}
+
+
 class _FakeLLM:
     instances: list = []
 
@@ -421,7 +432,9 @@ class _FakeLLM:
         _FakeLLM.instances.append(self)
 
     def get_tokenizer(self):
-        return "the-tokenizer"
+        if not hasattr(self, "tokenizer"):
+            self.tokenizer = _FakeTokenizer()
+        return self.tokenizer
 
     def generate(self, prompts, params, use_tqdm=True):
         # vLLM's RequestOutput: prompt_token_ids, and n CompletionOutputs with text,
@@ -432,6 +445,7 @@ class _FakeLLM:
         assert len(per_prompt) == len(prompts)
         results = []
         for p, sp in zip(prompts, per_prompt):
+            p = p if isinstance(p, str) else "".join(map(chr, p["prompt_token_ids"]))
             outs = [SimpleNamespace(text=f"{p}#{j}", token_ids=tuple(range(10, 11 + j)),
                                     finish_reason="stop" if j % 2 == 0 else "length") for j in range(sp.n)]
             results.append(SimpleNamespace(prompt_token_ids=list(range(len(p))), outputs=outs))
@@ -455,11 +469,13 @@ def test_vllm_sampler_passes_sampling_params_and_converts_outputs(fake_vllm):
     assert llm.init_kwargs["tensor_parallel_size"] == 2
     assert llm.init_kwargs["gpu_memory_utilization"] == 0.5
     assert llm.init_kwargs["trust_remote_code"] is False
-    assert s.tokenizer == "the-tokenizer"
+    assert s.tokenizer is llm.tokenizer
 
     gens = s.generate(["abc", "de"], n=3, temperature=0.7, top_p=0.9, max_new_tokens=11, seed=42)
     prompts, params = llm.calls[0]
-    assert prompts == ["abc", "de"]
+    # token ids encoded as the HF path does, without special tokens (a template's own BOS is not doubled)
+    assert prompts == [{"prompt_token_ids": [97, 98, 99]}, {"prompt_token_ids": [100, 101]}]
+    assert llm.tokenizer.calls == [False]
     # one SamplingParams per prompt, each with its own seed (a shared seed would give every
     # prompt the same random stream): seed * 1_000_003 + prompt index
     assert [sp.kwargs for sp in params] == [
@@ -507,3 +523,92 @@ def test_make_sampler_vllm_counts_params_with_v1_engine(fake_vllm, tok, tmp_path
     save_policy(m, tok, tmp_path / "policy")
     s = make_sampler({"backend": "vllm"}, model_path=str(tmp_path / "policy"))
     assert s.n_params == count_params(m)   # e.g. read from the checkpoint vLLM loaded
+
+
+# --------------------------------------------------------------------------- vLLM weight sync
+# FAKE of the GPU-only vLLM engine: `_FakeVLLMModel` stands in for the model inside vLLM's driver
+# worker (llm.llm_engine.model_executor.driver_worker.worker.model_runner.model) and implements only
+# what sync_weights touches, `load_weights(weights=iterable of (HF name, tensor))`; the fake `LLM`
+# only records `reset_prefix_cache` / `apply_model`. Real vLLM maps HF names onto fused layers;
+# this fake copies by name. What is tested is our side: which tensors are sent, in which form.
+
+
+class _FakeVLLMModel(torch.nn.Module):
+    def __init__(self, hf_model):
+        super().__init__()
+        self.params = {n: torch.zeros_like(p) for n, p in hf_model.named_parameters()}
+        self.lazy = []  # whether each (name, tensor) arrived through an iterator (not a list)
+
+    def load_weights(self, weights):
+        self.lazy.append(not isinstance(weights, list))
+        loaded = set()
+        for name, t in weights:
+            self.params[name].copy_(t)
+            loaded.add(name)
+        return loaded
+
+
+class _FakeEngineLLM:
+    def __init__(self, model, in_process=True):
+        self.model = model
+        if in_process:  # vLLM V1 with VLLM_ENABLE_V1_MULTIPROCESSING=0 (colocated)
+            worker = SimpleNamespace(model_runner=SimpleNamespace(model=model))
+            executor = SimpleNamespace(driver_worker=SimpleNamespace(worker=worker))
+            self.llm_engine = SimpleNamespace(model_executor=executor)
+        else:  # the engine core in another process: no driver model here
+            self.llm_engine = SimpleNamespace(engine_core=SimpleNamespace())
+        self.prefix_resets = 0
+        self.rpc = []
+
+    def reset_prefix_cache(self):
+        self.prefix_resets += 1
+
+    def apply_model(self, func):  # vLLM runs func(model) in each worker and returns their results
+        self.rpc.append(func)
+        return [func(self.model)]
+
+
+def _sampler_over(llm, tp=1):
+    s = VLLMSampler.__new__(VLLMSampler)  # no engine start: the fake engine is attached directly
+    s.llm, s.tensor_parallel_size = llm, tp
+    return s
+
+
+def test_vllm_sync_weights_in_process_loads_every_parameter_lazily(tok):
+    policy = build_tiny_llama(tok, TINY, seed=3)
+    fake = _FakeVLLMModel(policy)
+    s = _sampler_over(_FakeEngineLLM(fake))
+    n = s.sync_weights(policy)
+    named = dict(policy.named_parameters())
+    assert n == len(named)
+    assert all(torch.equal(fake.params[k], v) for k, v in named.items())
+    assert fake.lazy == [True]  # streamed: under ZeRO-3 one parameter is gathered at a time
+    assert s.llm.prefix_resets == 1  # KV cached under the old weights is dropped
+    with torch.no_grad():  # a training step later: the next sync carries the new weights
+        next(policy.parameters()).add_(1.0)
+    s.sync_weights(policy)
+    assert torch.equal(fake.params[next(iter(named))], next(policy.parameters()))
+    assert s.llm.prefix_resets == 2
+
+
+def test_vllm_sync_weights_to_workers_in_other_processes(tok):
+    """Tensor parallel (or a multiprocess engine): the weights go to the CPU and through
+    apply_model to every worker."""
+    policy = build_tiny_llama(tok, TINY, seed=4)
+    fake = _FakeVLLMModel(policy)
+    s = _sampler_over(_FakeEngineLLM(fake, in_process=False), tp=2)
+    assert s.sync_weights(list(policy.named_parameters())) == len(dict(policy.named_parameters()))
+    assert len(s.llm.rpc) == 1 and fake.lazy == [False]
+    assert all(t.device.type == "cpu" for _, t in s.llm.rpc[0].weights)
+    assert all(torch.equal(fake.params[k], v) for k, v in policy.named_parameters())
+
+
+def test_vllm_driver_model_paths():
+    from pipeline.sampler import vllm_driver_model
+
+    m = _FakeVLLMModel(torch.nn.Linear(2, 2))
+    assert vllm_driver_model(_FakeEngineLLM(m)) is m
+    assert vllm_driver_model(_FakeEngineLLM(m, in_process=False)) is None
+    v0 = SimpleNamespace(llm_engine=SimpleNamespace(model_executor=SimpleNamespace(
+        driver_worker=SimpleNamespace(model_runner=SimpleNamespace(model=m)))))
+    assert vllm_driver_model(v0) is m  # vLLM V0's path

@@ -63,7 +63,7 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
     assert float(t.loc["rloo", "efficiency_vs_ref"]) == 1.0  # the reference reaches its own final accuracy
     assert (res / "plots" / "rl_val_curves.png").stat().st_size > 10_000
     # each method's own signals are logged per iteration
-    own = {"prime": ["kept_frac", "prm_loss", "process_reward_mean"], "prime_frozen": ["kept_frac"],
+    own = {"prime": ["kept_frac", "prm_loss", "process_reward_mean", "process_adv_abs", "outcome_adv_abs"], "prime_frozen": ["kept_frac"],
            "pav": ["prover_adv_mean"], "jepo": ["answer_logp_mean"], "vineppo": ["aux_samples"]}
     for algo in rl["algos"]:
         rows = [json.loads(line) for line in (res / "rl" / algo / "s0" / "metrics.jsonl").read_text().splitlines()]
@@ -170,7 +170,7 @@ def test_second_run_has_nothing_to_do(smoke_dir):
 
 def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     # an RL knob: every RL run, its evaluation and the table; not data, SFT, base eval
-    rl_change = overlay(tmp_path, "rl", {"rl": {"lr": 0.0001}})
+    rl_change = overlay(tmp_path, "rl", {"rl": {"lr": 0.0002}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rl_change)) == {
         "rl": 7, "evaluate": 7, "table2": 1}
     # one method's knob reruns that method only

@@ -1,6 +1,7 @@
 # Config loading, validation and the helpers every rule uses.
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -28,7 +29,14 @@ def cfg_json(*keys, **sections):
     other settings, or only the keys one job reads)."""
     cfg = {k: config[k] for k in keys if k in config}
     cfg.update(sections)
-    return shlex.quote(json.dumps(cfg, sort_keys=True))
+    return shlex.quote(json_no_wildcards(cfg))
+
+
+def json_no_wildcards(obj):
+    """JSON whose string values carry no literal braces ("\\u007b" instead), so Snakemake never
+    reads a value such as a prompt template's "{problem}" as a wildcard in a params string."""
+    text = json.dumps(obj, sort_keys=True)
+    return re.sub(r'"(?:[^"\\]|\\.)*"', lambda m: m.group(0).replace("{", "\\u007b").replace("}", "\\u007d"), text)
 
 
 def res(rule_name):
@@ -37,12 +45,42 @@ def res(rule_name):
     return merged
 
 
+SLURM_KEYS = ("slurm_partition", "slurm_account", "constraint", "qos", "slurm_extra")
+
+
 def resources_of(rule_name):
+    """A rule's Snakemake resources. The SLURM profile's executor turns them into sbatch flags:
+    threads -> --cpus-per-task, mem_mb -> --mem, runtime -> -t (minutes), gpu -> --gpus=N,
+    slurm_partition -> -p, slurm_account -> -A, constraint -> -C, qos -> --qos, slurm_extra
+    verbatim. A GPU job also gets nodes=1 (--nodes=1): its launcher runs on one node."""
     r = res(rule_name)
     out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "gpu": r.get("gpu", 0)}
-    if "slurm_partition" in r:
-        out["slurm_partition"] = r["slurm_partition"]
+    out.update({k: r[k] for k in SLURM_KEYS if k in r})
+    if out["gpu"] > 0:
+        out["nodes"] = 1
     return out
+
+
+def launcher(rule_name):
+    """The command that starts a training stage (`launcher("rl") + " pipeline.rl ..."`): one
+    process (`{PY} -m`) without GPUs or with one, else torchrun with one DeepSpeed rank per GPU
+    of the job (pipeline/engine.py takes RANK/WORLD_SIZE from it). `{PY}` is left for Snakemake
+    to fill in, so the one-process command is exactly the plain `{PY} -m ...` rule."""
+    n = int(res(rule_name).get("gpu", 0))
+    if n <= 1:
+        return "{PY} -m"
+    return f"{{PY}} -m torch.distributed.run --standalone --nnodes 1 --nproc-per-node {n} -m"
+
+
+def sampling_of(rule_name):
+    """The sampling section as one rule sees it: with vLLM and no explicit
+    sampling.tensor_parallel_size, tensor parallel over all of the job's GPUs
+    (resources.<rule>.gpu); otherwise the section unchanged."""
+    s = dict(config["sampling"])
+    n = int(res(rule_name).get("gpu", 0))
+    if s["backend"] == "vllm" and n >= 1:
+        s.setdefault("tensor_parallel_size", n)
+    return s
 
 
 def policy_dir(name):

@@ -16,7 +16,7 @@ rule mc_label:
     output:
         **mc_outputs(),
     params:
-        cfg=cfg_json("mc_label", "task", "sampling", "seed"),
+        cfg=cfg_json("mc_label", "task", "seed", sampling=sampling_of("mc_label")),
         completer=policy_dir(MC["completer"]),
     log:
         f"{OUT}/logs/mc_label/{{policy}}_{{split}}.log",

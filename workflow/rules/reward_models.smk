@@ -48,6 +48,6 @@ rule train_rm:
     resources:
         **resources_of("train_rm"),
     shell:
-        "{PY} -m pipeline.train_rm --cfg {params.cfg} --kind {params.kind} --prm-label {params.label} --loss {params.loss} "
+        launcher("train_rm") + " pipeline.train_rm --cfg {params.cfg} --kind {params.kind} --prm-label {params.label} --loss {params.loss} "
         "--labels {input.labels} --policy {params.policy} --heldout {input.heldout} --data-cost {input.cost} "
         "--out {params.out} --threads {threads} > {log} 2>&1"

@@ -53,6 +53,6 @@ rule rl:
     resources:
         **resources_of("rl"),
     shell:
-        "{PY} -m pipeline.rl --cfg {params.cfg} --algo {wildcards.algo} --seed {wildcards.seed} "
+        launcher("rl") + " pipeline.rl --cfg {params.cfg} --algo {wildcards.algo} --seed {wildcards.seed} "
         "--policy {params.policy} {params.rm} --data {params.data} --out {params.out} --ckpt {params.ckpt} "
         "--threads {threads} > {log} 2>&1"

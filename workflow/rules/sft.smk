@@ -21,5 +21,5 @@ rule sft:
     resources:
         **resources_of("sft"),
     shell:
-        "{PY} -m pipeline.sft --cfg {params.cfg} --train {input.train} --val {input.val} "
+        launcher("sft") + " pipeline.sft --cfg {params.cfg} --train {input.train} --val {input.val} "
         "--out {params.out} --ckpt {params.ckpt} --threads {threads} > {log} 2>&1"

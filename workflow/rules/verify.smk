@@ -9,7 +9,7 @@ IS_TESTBED = config["task"]["name"] == "arith"
 def pool_cfg():
     """The rollouts stage, reconfigured to draw verify.pool_size samples of verify.n_prompts prompts."""
     ro = {"n_prompts": VERIFY["n_prompts"], "n_samples": VERIFY["pool_size"], "temperature": VERIFY["temperature"]}
-    return cfg_json("task", "sampling", "seed", rollouts=ro)
+    return cfg_json("task", "seed", rollouts=ro, sampling=sampling_of("bon_pool"))
 
 
 rule bon_pool:
@@ -108,7 +108,7 @@ def search_cfg(wc):
     """The search stage's config: the `search` section at one beam width, on the pools' prompts."""
     sc = {k: v for k, v in SEARCH.items() if k not in ("policy", "verifiers", "beam_widths")}
     sc.update(beam_width=int(wc.width), n_prompts=VERIFY["n_prompts"])
-    return cfg_json("task", "sampling", "seed", search=sc)
+    return cfg_json("task", "seed", search=sc, sampling=sampling_of("beam_search"))
 
 
 rule beam_search:
