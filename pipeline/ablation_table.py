@@ -31,12 +31,12 @@ import argparse
 import json
 import logging
 import math
-import statistics
 
 import pandas as pd
 
 from .metrics import auroc
-from .tables import final_val, mean
+from .mc_label import best_of_k, prefix_truth
+from .tables import final_val, mean, seed_summary, write_csv
 from .utils import atomic_path, read_json, read_jsonl, setup_logging
 
 log = logging.getLogger("pipeline.ablation_table")
@@ -66,22 +66,13 @@ def rm_row(cell: dict, metrics: dict) -> dict:
     return row
 
 
-def prefix_truth(rows: list[dict]) -> list[int]:
-    """Per labelled step (rows in order, steps in order): 1 if every step up to it is valid."""
-    out = []
-    for r in rows:
-        fe = r.get("first_error")
-        out += [int(fe is None or h < fe) for h in range(len(r["q_hat"]))]
-    return out
-
-
 def label_agreement(rows: list[dict], prover_k: int) -> dict:
     """How MC labels agree with the true prefix correctness (testbed): HE accuracy, SE AUROC, and
     the accuracy and AUROC of the Best-of-K prover's Q_BoK = 1 - (1 - Q_hat)^K (>= 0.5)."""
     truth = prefix_truth(rows)
     he = [int(x) for r in rows for x in r["he"]]
     se = [float(x) for r in rows for x in r["q_hat"]]
-    bok = [1.0 - (1.0 - q) ** prover_k for q in se]
+    bok = [best_of_k(q, prover_k) for q in se]
     both = 0 < sum(truth) < len(truth)
     return {"he_accuracy": sum(int(a == t) for a, t in zip(he, truth)) / len(truth),
             "se_auroc": auroc(se, truth) if both else NAN,
@@ -114,12 +105,9 @@ def rl_row(cell: dict, summaries: list[dict], runs: list[list[dict]], evals: lis
     row["val_final"] = final_val(runs)
     for s in splits:
         row[s] = mean(ev["splits"][s]["pass1"] for ev in evals)
-    seed_avgs = [mean(ev["splits"][s]["pass1"] for s in splits) for ev in evals]
-    row["avg"] = mean(row[s] for s in splits)
-    row["spread"] = statistics.stdev(seed_avgs) if len(seed_avgs) > 1 else 0.0
-    row["rl_samples"] = mean(x["rl_samples"] for x in summaries)
-    row["rl_flops"] = mean(x["rl_flops"] for x in summaries)
-    row["wall_s"] = mean(x["wall_s"] for x in summaries)
+    agg = seed_summary(evals, summaries, splits)  # table2's own aggregation over seeds
+    row.update(avg=agg["avg"], spread=agg["spread"], rl_samples=agg["train_samples"], rl_flops=agg["train_flops"],
+               wall_s=agg["wall_s"])
     return row
 
 
@@ -202,8 +190,7 @@ def main(argv=None) -> None:
     setup_logging(args.log)
     cells = json.loads(open(args.cells[1:]).read() if args.cells.startswith("@") else args.cells)
     df = grid_frame(args.grid, cells, splits=args.splits)
-    with atomic_path(args.out) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.4f")
+    write_csv(df, args.out)
     plot_grid(df, args.grid, args.axes, args.plot)
     with pd.option_context("display.width", 200, "display.max_columns", None):
         log.info("%s:\n%s", args.grid, df.to_string(index=False))

@@ -74,20 +74,26 @@ def step_labels(n_correct: list[int], n_mc: int, v0_correct: int, prover_k: int)
             "q_bok": q_bok, "v0_bok": v0_bok, "adv_bok": step_advantages(q_bok, v0_bok)}
 
 
+def prefix_truth(rows: list[dict]) -> list[int]:
+    """Ground truth per labelled step (rows in order, steps in order; testbed only): 1 if every
+    step up to it is valid (h < first_error)."""
+    out = []
+    for r in rows:
+        fe = r.get("first_error")
+        out += [int(fe is None or h < fe) for h in range(len(r["q_hat"]))]
+    return out
+
+
 def agreement_table(rows: list[dict]) -> pd.DataFrame:
     """How MC labels agree with the ground-truth prefix correctness (testbed only).
 
     Truth for step h: every step up to h is valid (h < first_error). Rows: HE and SE >= 0.5
     as classifiers of that truth, with accuracy, the share of wrong prefixes they catch and
     the share of correct prefixes they falsely flag; plus AUROC of the soft scores."""
-    truth, he, se, q_bok = [], [], [], []
-    for r in rows:
-        fe = r.get("first_error")
-        for h in range(len(r["q_hat"])):
-            truth.append(int(fe is None or h < fe))
-            he.append(r["he"][h])
-            se.append(r["se"][h])
-            q_bok.append(r["q_bok"][h])
+    truth = prefix_truth(rows)
+    he = [x for r in rows for x in r["he"]]
+    se = [x for r in rows for x in r["se"]]
+    q_bok = [x for r in rows for x in r["q_bok"]]
     out = []
     for name, pred, score in (("HE (any completion right)", he, he), ("SE >= 0.5", [int(s >= 0.5) for s in se], se),
                               ("Q_BoK >= 0.5", [int(s >= 0.5) for s in q_bok], q_bok)):

@@ -110,6 +110,19 @@ def efficiency(ref_iters: int | None, iters: int | None) -> float | str:
     return ref_iters / iters
 
 
+def seed_summary(evs: list[dict], summaries: list[dict], splits: list[str]) -> dict:
+    """Over the seeds of one RL run (or the base policy, with no summaries): the mean of the
+    per-split pass@1 (`avg`), its spread (std over seeds), min and max, and the mean training
+    samples, FLOPs and wall time. Shared by table2 and the RL ablation grids."""
+    seed_avgs = [mean(ev["splits"][s]["pass1"] for s in splits) for ev in evs]
+    return {"avg": mean(mean(ev["splits"][s]["pass1"] for ev in evs) for s in splits),
+            "spread": statistics.stdev(seed_avgs) if len(seed_avgs) > 1 else 0.0,
+            "avg_min": min(seed_avgs), "avg_max": max(seed_avgs),
+            "train_samples": mean(x["rl_samples"] for x in summaries) if summaries else 0.0,
+            "train_flops": mean(x["rl_flops"] for x in summaries) if summaries else 0.0,
+            "wall_s": mean(x["wall_s"] for x in summaries) if summaries else 0.0}
+
+
 def table2_frame(evals: dict[str, list[dict]], summaries: dict[str, list[dict]],
                  metrics: dict[str, list[list[dict]]], splits: list[str], reference: str = "rloo",
                  final_value: bool = False) -> pd.DataFrame:
@@ -141,14 +154,7 @@ def table2_frame(evals: dict[str, list[dict]], summaries: dict[str, list[dict]],
             if final_value:
                 fv = [ev["splits"][s].get("final_value_pass1") for ev in evs]
                 row[f"{s}_final_value"] = mean(fv) if None not in fv else math.nan
-        seed_avgs = [mean(ev["splits"][s]["pass1"] for s in splits) for ev in evs]
-        row["avg"] = mean(row[s] for s in splits)
-        row["spread"] = statistics.stdev(seed_avgs) if len(seed_avgs) > 1 else 0.0
-        row["avg_min"], row["avg_max"] = min(seed_avgs), max(seed_avgs)
-        summ = summaries.get(method, [])
-        row["train_samples"] = mean(x["rl_samples"] for x in summ) if summ else 0.0
-        row["train_flops"] = mean(x["rl_flops"] for x in summ) if summ else 0.0
-        row["wall_s"] = mean(x["wall_s"] for x in summ) if summ else 0.0
+        row.update(seed_summary(evs, summaries.get(method, []), splits))
         if method in metrics and not math.isnan(target):
             p = first_reaching(mean_curve(metrics[method]), target)
             row["iters_to_target"] = NOT_REACHED if p is None else p.iteration

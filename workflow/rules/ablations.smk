@@ -234,10 +234,10 @@ if ABL_RL_GRIDS:
         return [int(s) for s in ABL[grid].get("seeds", [0])]
 
     def abl_rl_cfg(wc):
-        """The rl section as the grid's algorithm sees it (as rl.smk's rl_cfg), with the cell's value."""
+        """The rl section as the grid's algorithm sees it (rl.smk's rl_view), with the cell's value."""
         algo, axis = RL_GRID_ALGO[wc.rlgrid]
         value = AXIS_TYPES[axis](RL_SPACES[wc.rlgrid].instance(wc)[axis])
-        rl = {k: v for k, v in config["rl"].items() if k != "algos" and algo in METHOD_KEYS.get(k, (algo,))}
+        rl = rl_view(algo)
         if algo == "pav":
             rl["pav"] = {**rl.get("pav", {}), "alpha": value}
         else:

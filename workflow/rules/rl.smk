@@ -6,11 +6,14 @@ METHOD_KEYS = {"vineppo_k": ("vineppo",), "prime": ("prime", "prime_frozen"), "p
                "seeds": ()}
 
 
-def rl_cfg(algo):
+def rl_view(algo):
     """The rl section as one algorithm sees it: without the list of algorithms and seeds and
-    without other methods' keys."""
-    rl = {k: v for k, v in config["rl"].items() if k != "algos" and algo in METHOD_KEYS.get(k, (algo,))}
-    return cfg_json("task", "sampling", "seed", rl=rl)
+    without other methods' keys (also the base of the RL ablation cells)."""
+    return {k: v for k, v in config["rl"].items() if k != "algos" and algo in METHOD_KEYS.get(k, (algo,))}
+
+
+def rl_cfg(algo):
+    return cfg_json("task", "sampling", "seed", rl=rl_view(algo))
 
 
 def rl_rm_input(wc):
