@@ -4,7 +4,9 @@
 `{"cell": {axis: value, ...}, "files": {...}}` (workflow/rules/ablations.smk writes it). The
 files a cell has depend on the grid:
 
-  implicit_prm, factors   metrics: the trained implicit PRM's metrics.json (pipeline.train_rm)
+  implicit_prm, factors   metrics: the trained implicit PRM's metrics.json (pipeline.train_rm);
+                          scores: its pipeline.score_pool directory over the best-of-N pools
+                          (with --pools; the table then has best-of-N accuracy)
   mc_label                labels: the cell's MC labels JSONL; label_summary: its .summary.json;
                           pav: metrics.json of the PAV trained on them with the cell's prover K
   pav_rl, vineppo         runs: one RL run directory per seed (summary.json, metrics.jsonl);
@@ -13,7 +15,9 @@ files a cell has depend on the grid:
 Columns: the grid's axes, then
   reward models   n_examples, n_instructions (what the cell trained on), held-out solution AUROC
                   per aggregation (auroc_min / _last / _mean), within-prompt AUROC (min / last),
-                  step_auroc (testbed), final_loss, train / data / total FLOPs, wall_s
+                  step_auroc (testbed), final_loss, train / data / total FLOPs, wall_s; with
+                  --pools, best-of-N accuracy at N = --bon-n on each generator's pool
+                  (bon<N>_<generator>, as table1 computes it) and their mean (bon<N>_avg)
   MC labels       n_seed_rollouts, n_prefixes, label_flops, label_generated_tokens; on the testbed
                   the labels' agreement with the true prefix correctness: he_accuracy, se_auroc,
                   qbok_accuracy and qbok_auroc (Q_BoK = 1 - (1 - Q_hat)^K at the cell's K, >= 0.5);
@@ -38,6 +42,7 @@ from .metrics import auroc
 from .mc_label import best_of_k, prefix_truth
 from .tables import final_val, mean, seed_summary, write_csv
 from .utils import atomic_path, read_json, read_jsonl, setup_logging
+from .verify import best_of_n_accuracy, load_pool
 
 log = logging.getLogger("pipeline.ablation_table")
 
@@ -57,13 +62,23 @@ NAN = math.nan
 # -----------------------------------------------------------------------------
 # pure rows (tests/test_ablations.py checks them against hand-computed values)
 
-def rm_row(cell: dict, metrics: dict) -> dict:
-    """A reward-model cell: its axes and what pipeline.train_rm measured."""
+def rm_row(cell: dict, metrics: dict, bon: dict | None = None) -> dict:
+    """A reward-model cell: its axes, what pipeline.train_rm measured, then its best-of-N
+    accuracies (`bon_columns`) when given."""
     row = dict(cell)
     for k in RM_COLUMNS:
         row[k] = metrics.get(k, NAN)
     row["n_instructions"] = metrics.get("ablation", {}).get("n_instructions", NAN)
+    row.update(bon or {})
     return row
+
+
+def bon_columns(accuracy: dict[str, float], n: int) -> dict:
+    """{generator: best-of-N accuracy} -> bon<N>_<generator> columns and their mean bon<N>_avg
+    (the Implicit PRM paper's ablations report best-of-N averaged over generators)."""
+    out = {f"bon{n}_{g}": a for g, a in accuracy.items()}
+    out[f"bon{n}_avg"] = mean(accuracy.values()) if accuracy else NAN
+    return out
 
 
 def label_agreement(rows: list[dict], prover_k: int) -> dict:
@@ -111,9 +126,12 @@ def rl_row(cell: dict, summaries: list[dict], runs: list[list[dict]], evals: lis
     return row
 
 
-def grid_frame(grid: str, cells: list[dict], load=None, splits: list[str] | None = None) -> pd.DataFrame:
+def grid_frame(grid: str, cells: list[dict], load=None, splits: list[str] | None = None,
+               bon: dict | None = None) -> pd.DataFrame:
     """One row per cell, in the given order. `load(kind, path)` reads a file (kind: json, jsonl,
-    run); the default reads from disk. A test passes a dict lookup."""
+    run); the default reads from disk. A test passes a dict lookup. `bon` (RM grids):
+    {"pools": {generator: load_pool pools}, "n", "n_subsets", "seed"} adds best-of-N columns
+    from each cell's `scores` directory."""
     if grid not in GRIDS:
         raise ValueError(f"unknown ablation grid {grid!r}; known: {GRIDS}")
     load = load or _load
@@ -121,7 +139,15 @@ def grid_frame(grid: str, cells: list[dict], load=None, splits: list[str] | None
     for c in cells:
         f = c["files"]
         if grid in RM_GRIDS:
-            rows.append(rm_row(c["cell"], load("json", f["metrics"])))
+            metrics = load("json", f["metrics"])
+            acc = None
+            if bon is not None:
+                meta = load("json", f"{f['scores']}/meta.json")
+                acc = bon_columns({g: best_of_n_accuracy(pools, f"{f['scores']}/{g}.jsonl", f"cell{len(rows)}", metrics,
+                                                         bool(meta["scores_are_probabilities"]), int(bon["n"]),
+                                                         int(bon["n_subsets"]), int(bon["seed"]))
+                                   for g, pools in bon["pools"].items()}, int(bon["n"]))
+            rows.append(rm_row(c["cell"], metrics, acc))
         elif grid == "mc_label":
             rows.append(mc_row(c["cell"], load("json", f["label_summary"]), load("jsonl", f["labels"]),
                                load("json", f["pav"])))
@@ -154,7 +180,8 @@ def plot_grid(df: pd.DataFrame, grid: str, axes: list[str], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = [c for c in PLOT_COLUMNS[grid] if c in df.columns and df[c].notna().any()]
+    cols = [c for c in PLOT_COLUMNS[grid] + tuple(c for c in df.columns if c.startswith("bon") and c.endswith("_avg"))
+            if c in df.columns and df[c].notna().any()]
     labels = cell_labels(df, axes)
     fig, ax = plt.subplots(figsize=(10, 1.2 + 0.45 * len(df) * max(1, len(cols)) ** 0.5))
     height = 0.8 / max(1, len(cols))
@@ -183,13 +210,26 @@ def main(argv=None) -> None:
     p.add_argument("--axes", nargs="+", required=True, help="the grid's axes (the first columns)")
     p.add_argument("--cells", required=True, help="JSON list of {cell, files} (or @file.json)")
     p.add_argument("--splits", nargs="*", default=[], help="RL grids: the eval splits")
+    p.add_argument("--pools", nargs="*", default=[], help="RM grids: generator=pool.jsonl (best-of-N columns)")
+    p.add_argument("--bon-n", type=int, default=None, help="N of the best-of-N columns (default: the pool size)")
+    p.add_argument("--bon-subsets", type=int, default=8, help="subset draws per N below the pool size")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset draws (table1's)")
+    p.add_argument("--grader", default="math", help="answer extraction of the pools (task.grader)")
     p.add_argument("--out", required=True)
     p.add_argument("--plot", required=True)
     p.add_argument("--log", default=None)
     args = p.parse_args(argv)
     setup_logging(args.log)
     cells = json.loads(open(args.cells[1:]).read() if args.cells.startswith("@") else args.cells)
-    df = grid_frame(args.grid, cells, splits=args.splits)
+    bon = None
+    if args.pools and args.grid in RM_GRIDS:
+        pools = {}
+        for spec in args.pools:
+            g, _, path = spec.partition("=")
+            pools[g] = load_pool(path, {"grader": args.grader})[0]
+        size = len(next(iter(pools.values()))[0]["outcome"])
+        bon = {"pools": pools, "n": args.bon_n or size, "n_subsets": args.bon_subsets, "seed": args.seed}
+    df = grid_frame(args.grid, cells, splits=args.splits, bon=bon)
     write_csv(df, args.out)
     plot_grid(df, args.grid, args.axes, args.plot)
     with pd.option_context("display.width", 200, "display.max_columns", None):

@@ -105,6 +105,9 @@ def semantic_problems(cfg: dict) -> list[str]:
     elif not task.get("sources"):
         problems.append("config key task.sources: real-data tasks need at least one split source")
     names = policy_names(cfg)
+    for name in cfg.get("prompt_templates", {}):
+        if name not in names:
+            problems.append(f"config key prompt_templates.{name}: unknown policy (known: {sorted(names)})")
     for key, value in (("rl.base_policy", cfg["rl"]["base_policy"]), ("rollouts.policy", cfg["rollouts"]["policy"]),
                        ("mc_label.seed_policy", cfg["mc_label"]["seed_policy"]),
                        ("mc_label.completer", cfg["mc_label"]["completer"]),

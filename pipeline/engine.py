@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .utils import read_json, write_json
+from .utils import check_finite, read_json, write_json
 
 log = logging.getLogger("pipeline.engine")
 
@@ -58,6 +58,85 @@ def init_distributed() -> None:
                                world_size=1)
 
 
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) outside torch.distributed."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """Whether this process writes the stage's outputs (rank 0; every rank trains and samples)."""
+    return rank_world()[0] == 0
+
+
+def barrier() -> None:
+    if rank_world()[1] > 1:
+        torch.distributed.barrier()
+
+
+def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) -> int:
+    """Micro steps each rank takes per optimizer step: its share of a `batch_size` batch
+    (items rank, rank + world, ...) cut into forwards of at most `micro_batch_size`."""
+    per_rank = -(-int(batch_size) // int(world_size))
+    return max(1, -(-per_rank // int(micro_batch_size)))
+
+
+def train_batch(engine, items: list, weights: list[float], loss_fn, micro_batch_size: int, *, what: str = "loss",
+                step: int | None = None, collect: bool = False) -> tuple[float, dict, list | None]:
+    """One optimizer step on a batch whose objective is the weighted mean of per-micro-batch
+    means: sum_m w_m * mean_m / sum_m w_m, with w_m = sum of `weights` of its items (e.g. their
+    response tokens, so a token-mean loss stays a token mean over the whole batch).
+
+    Every rank holds the whole batch (sampling is replicated), takes items rank, rank + world, ...
+    and runs them in micro batches of `micro_batch_size`; micro batch m backpropagates
+    mean_m * w_m * world / W (W the batch's total weight), because DeepSpeed averages the
+    ranks' summed gradients. So any world size and micro-batch size give the gradient of the
+    one-forward batch (to float rounding; bitwise when there is one rank and one micro batch).
+    Every rank takes exactly `engine.gradient_accumulation_steps()` micro steps, the ones
+    without items a real forward with weight 0, since DeepSpeed counts micro steps to its
+    boundary and ZeRO-3 gathers parameters collectively.
+
+    loss_fn(sub_items) -> (mean loss tensor, stats dict of per-item means, outputs list or None).
+    Returns (batch loss, weighted-mean stats, with `collect` the outputs of every item in order)."""
+    rank, world = rank_world()
+    gas = engine.gradient_accumulation_steps()
+    total = float(sum(weights))
+    mine = list(range(rank, len(items), world))
+    chunks = [mine[s:s + micro_batch_size] for s in range(0, len(mine), micro_batch_size)]
+    if len(chunks) > gas:
+        raise ValueError(f"{len(items)} items need {len(chunks)} micro batches of {micro_batch_size} per rank, "
+                         f"the engine accumulates {gas}: build it with accumulation_steps(...)")
+    loss_sum, stat_sums, outputs = 0.0, {}, {}
+    for c in range(gas):
+        idx = chunks[c] if c < len(chunks) else []
+        mean, stats, outs = loss_fn([items[i] for i in (idx or [0])])
+        w = float(sum(weights[i] for i in idx))
+        for k, v in stats.items():  # every rank ends with the same keys (all-reduced below)
+            stat_sums[k] = stat_sums.get(k, 0.0) + (float(v) * w if idx else 0.0)
+        if idx:
+            check_finite(mean.item(), what, step)
+            loss_sum += mean.item() * w
+            if collect:
+                outputs.update(zip(idx, outs))
+        scale = w * world / total if total > 0 else 0.0
+        engine.backward(mean * scale, scale_wrt_gas=False)
+        engine.step()
+    keys = sorted(stat_sums)
+    if world > 1:  # the batch's figures, the same on every rank
+        vec = torch.tensor([loss_sum] + [stat_sums[k] for k in keys], dtype=torch.float64, device=engine.device)
+        torch.distributed.all_reduce(vec)
+        loss_sum, stat_sums = float(vec[0]), {k: float(v) for k, v in zip(keys, vec[1:])}
+        if collect:
+            parts = [None] * world
+            torch.distributed.all_gather_object(parts, outputs)
+            outputs = {k: v for part in parts for k, v in part.items()}
+    denom = total if total > 0 else 1.0
+    return (loss_sum / denom, {k: v / denom for k, v in stat_sums.items()},
+            [outputs[i] for i in range(len(items))] if collect else None)
+
+
 def lr_lambda(warmup: int, total: int, schedule: str):
     """Linear warmup, then constant or cosine decay to 10% (the implicit PRM code's schedule)."""
     def f(step: int) -> float:
@@ -70,7 +149,8 @@ def lr_lambda(warmup: int, total: int, schedule: str):
     return f
 
 
-def deepspeed_config(train_cfg: dict, micro_batch_size: int, hidden_size: int | None = None) -> dict:
+def deepspeed_config(train_cfg: dict, micro_batch_size: int, hidden_size: int | None = None,
+                     accumulation_steps: int = 1) -> dict:
     """The DeepSpeed config of a trainer (a pure function of its config section).
 
     train_cfg keys: grad_clip, zero_stage, bf16, offload_optimizer. For ZeRO 1-3 the buckets are
@@ -99,7 +179,7 @@ def deepspeed_config(train_cfg: dict, micro_batch_size: int, hidden_size: int | 
         raise ValueError("offload_optimizer needs ZeRO (zero_stage 1-3)")
     return {
         "train_micro_batch_size_per_gpu": int(micro_batch_size),
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": int(accumulation_steps),
         "gradient_clipping": float(train_cfg.get("grad_clip", 1.0)),
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
@@ -109,11 +189,16 @@ def deepspeed_config(train_cfg: dict, micro_batch_size: int, hidden_size: int | 
     }
 
 
-def build_engine(model, train_cfg: dict, total_steps: int, micro_batch_size: int):
-    """Wrap `model` in a DeepSpeed engine with AdamW and a warmup schedule.
+def build_engine(model, train_cfg: dict, total_steps: int, batch_size: int):
+    """Wrap `model` in a DeepSpeed engine with AdamW and a warmup schedule, for optimizer steps
+    on batches of `batch_size` items (`total_steps` of them). The batch is split over the ranks
+    and, when `train_cfg["micro_batch_size"]` is smaller than a rank's share, accumulated over
+    micro batches of that size (`train_batch` runs the step; the engine's
+    `train_micro_batch_size_per_gpu()` is the forward size it uses).
 
     train_cfg keys: lr, weight_decay, betas, warmup_steps, schedule, grad_clip, zero_stage, bf16,
-    offload_optimizer (DeepSpeed's CPU Adam then steps the optimizer; see `deepspeed_config`).
+    offload_optimizer (DeepSpeed's CPU Adam then steps the optimizer; see `deepspeed_config`),
+    micro_batch_size.
     """
     init_distributed()
     import deepspeed
@@ -129,8 +214,13 @@ def build_engine(model, train_cfg: dict, total_steps: int, micro_batch_size: int
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(int(train_cfg.get("warmup_steps", 0)), total_steps, train_cfg.get("schedule", "constant")))
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
-    ds_config = deepspeed_config(train_cfg, micro_batch_size, hidden_size=hidden)
+    world = rank_world()[1]
+    micro = min(int(train_cfg.get("micro_batch_size") or batch_size), -(-int(batch_size) // world))
+    ds_config = deepspeed_config(train_cfg, micro, hidden_size=hidden,
+                                 accumulation_steps=accumulation_steps(batch_size, micro, world))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    log.info("engine: %d rank(s), ZeRO %d, batch %d = per rank %d micro step(s) of <= %d", world,
+             ds_config["zero_optimization"]["stage"], batch_size, ds_config["gradient_accumulation_steps"], micro)
     return engine
 
 
@@ -211,6 +301,9 @@ def save_checkpoint(engine, ckpt_dir: str | Path, step: int, cfg_hash: str, clie
     # client state it returns, and refuses them when they are passed back in.
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"pipeline_state": client_state, "rng": rng_state()},
                            save_latest=False)
+    barrier()  # every rank's shard is on disk before the tag is published
+    if not is_main():
+        return
     write_json(ckpt_dir / "latest.json", {"tag": tag, "step": step, "config_hash": cfg_hash})
     for d in [ckpt_dir, *(ckpt_dir / name for name in (extra_engines or {}))]:
         for old in d.glob("step*"):  # keep only the published checkpoint

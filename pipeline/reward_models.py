@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from .flops import count_params
 from .mc_label import best_of_k, step_advantages
@@ -97,11 +97,16 @@ class HeadRewardModel:
         return count_params(self.model)
 
     @classmethod
-    def init_from_policy(cls, policy_path: str, kind: str, meta: dict | None = None) -> "HeadRewardModel":
+    def init_from_policy(cls, policy_path: str, kind: str, meta: dict | None = None,
+                         dropout: float = 0.1) -> "HeadRewardModel":
+        """A value head on the policy's backbone; `dropout` on the hidden states under the head in
+        training (0.1 is transformers' default for token-classification heads)."""
         tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForTokenClassification.from_pretrained(policy_path, num_labels=1, trust_remote_code=False)
+        config = AutoConfig.from_pretrained(policy_path, num_labels=1, trust_remote_code=False)
+        config.classifier_dropout = float(dropout)
+        model = AutoModelForTokenClassification.from_pretrained(policy_path, config=config, trust_remote_code=False)
         model.config.pad_token_id = tokenizer.pad_token_id
         return cls(model, tokenizer, kind, dict(meta or {}))
 
@@ -113,9 +118,11 @@ class HeadRewardModel:
         return cls(model, tokenizer, meta["kind"], meta)
 
     def save(self, out_dir: str | Path) -> None:
-        from .engine import full_state_dict
+        from .engine import full_state_dict, is_main
 
         state = full_state_dict(self.model)  # full weights under ZeRO-3 (None otherwise)
+        if not is_main():  # every rank gathers, rank 0 writes
+            return
         with atomic_dir(out_dir) as tmp:
             self.model.save_pretrained(tmp, **({} if state is None else {"state_dict": state}))
             self.tokenizer.save_pretrained(tmp)
@@ -210,9 +217,11 @@ class ImplicitPRM:
         meta = {**self.meta, "kind": "implicit"}
         if Path(meta["ref_policy"]).is_dir():  # a hub id stays as it is
             meta["ref_policy_from_model"] = os.path.relpath(Path(meta["ref_policy"]).resolve(), Path(out_dir).resolve())
-        from .engine import full_state_dict
+        from .engine import full_state_dict, is_main
 
         state = full_state_dict(self.model)  # full weights under ZeRO-3 (None otherwise)
+        if not is_main():  # every rank gathers, rank 0 writes
+            return
         with atomic_dir(out_dir) as tmp:
             self.model.save_pretrained(tmp, **({} if state is None else {"state_dict": state}))
             self.tokenizer.save_pretrained(tmp)

@@ -47,7 +47,7 @@ from tqdm import tqdm
 from .advantages import (OUTCOME_ADVANTAGES, accuracy_band, jepo_loss, jepo_weights, kl_k3, masked_mean,
                          pav_step_advantages, ppo_clip_loss, prime_advantages, rloo_advantages, step_to_token,
                          vineppo_step_advantages)
-from .engine import build_engine, config_hash, load_checkpoint, save_checkpoint
+from .engine import barrier, build_engine, config_hash, is_main, load_checkpoint, save_checkpoint, train_batch
 from .evaluate import evaluate_policy
 from .flops import Compute, count_params
 from .mc_label import prefix_success_counts
@@ -58,7 +58,7 @@ from .sampler import HFSampler, VLLMSampler, make_sampler
 from .scoring import collate, join_responses, split_responses, token_logprobs
 from .steps import split_steps_with_ends, step_token_ends
 from .task import answer_text, cot_end, format_prompt, judge
-from .utils import (check_finite, read_json, read_jsonl, seed_everything,
+from .utils import (read_json, read_jsonl, seed_everything,
                     stage_parser, start_stage, write_json, write_jsonl)
 
 log = logging.getLogger("pipeline.rl")
@@ -150,21 +150,25 @@ def prime_token_rewards(prm: ImplicitPRM, prm_engine, examples: list[dict], labe
     rewards: list[torch.Tensor] = []
     losses = []
     for s in range(0, len(examples), mb):
-        chunk, lab = examples[s:s + mb], labels[s:s + mb]
+        chunk = [(e, float(lab)) for e, lab in zip(examples[s:s + mb], labels[s:s + mb])]
         if prm_engine is None:
             with torch.no_grad():
                 prm.model.eval()
-                tr = prm.response_token_rewards(prm.model, chunk)
-        else:
-            prm_engine.train()
-            tr = prm.response_token_rewards(prm_engine, chunk)
+                rewards.extend(t.float().cpu() for t in prm.response_token_rewards(prm.model, [e for e, _ in chunk]))
+            continue
+        prm_engine.train()
+
+        def ce_step(items):  # the CE loss of a micro batch and, from its forward, its token rewards
+            tr = prm.response_token_rewards(prm_engine, [e for e, _ in items])
             r = torch.stack([t.sum() for t in tr])
-            loss = ce_loss(r, lab.to(r.device))
-            check_finite(loss.item(), "prime PRM loss", iteration)
-            prm_engine.backward(loss)
-            prm_engine.step()
-            losses.append(loss.item())
-        rewards.extend(t.detach().float().cpu() for t in tr)
+            loss = ce_loss(r, torch.tensor([lab for _, lab in items], device=r.device))
+            return loss, {}, [t.detach().float().cpu() for t in tr]
+
+        loss, _, tr = train_batch(prm_engine, chunk, [1.0] * len(chunk), ce_step,
+                                  prm_engine.train_micro_batch_size_per_gpu(), what="prime PRM loss", step=iteration,
+                                  collect=True)
+        rewards.extend(tr)
+        losses.append(loss)
     return rewards, (sum(losses) / len(losses) if losses else None)
 
 
@@ -232,7 +236,7 @@ def main(argv=None) -> None:
     P, K, iters = int(rl["prompts_per_iter"]), int(rl["samples_per_prompt"]), int(rl["iterations"])
     mb, epochs = int(rl["minibatch_size"]), int(rl["ppo_epochs"])
     steps_per_iter = epochs * -(-P * K // mb)
-    engine = build_engine(model, rl, total_steps=iters * steps_per_iter, micro_batch_size=mb)
+    engine = build_engine(model, rl, total_steps=iters * steps_per_iter, batch_size=mb)
 
     # the method's reward model: PRIME's implicit PRM (online engine or frozen), PAV's verifier
     prm, prm_engine, pav_rm, extra_engines = None, None, None, {}
@@ -245,7 +249,7 @@ def main(argv=None) -> None:
             prm = ImplicitPRM.init_from_policy(args.policy, {"beta": float(prime_cfg.get("beta", 0.05))})
         if algo == "prime":
             prm_train = {**rl, "lr": float(prime_cfg.get("lr", rl["lr"]))}
-            prm_engine = build_engine(prm.model, prm_train, total_steps=iters * -(-P * K // mb), micro_batch_size=mb)
+            prm_engine = build_engine(prm.model, prm_train, total_steps=iters * -(-P * K // mb), batch_size=mb)
             extra_engines = {"prm": prm_engine}
         else:
             prm.model.eval().requires_grad_(False)
@@ -282,7 +286,7 @@ def main(argv=None) -> None:
         state["metrics"].append({"iteration": 0, "val_pass1": validate(0), "samples": 0, "flops": 0.0,
                                  "wall_s": 0.0})
     for it in tqdm(range(state["iteration"], iters), desc=f"rl {algo} s{args.seed}", initial=state["iteration"],
-                   total=iters, mininterval=5):
+                   total=iters, mininterval=5, disable=not is_main()):
         t_it = time.time()
         rng = random.Random(seed * 1_000_003 + it)  # prompts are a function of the iteration
         records = [train[i] for i in rng.sample(range(len(train)), P)]
@@ -370,6 +374,26 @@ def main(argv=None) -> None:
         else:
             adv_tok = [adv_tok[i] for i in train_idx]
 
+        def policy_loss(idx):  # the policy's loss on a micro batch of sample indices
+            batch = collate([prompt_ids[i] for i in idx], [response_ids[i] for i in idx], pad)
+            logp = token_logprobs(engine, batch)
+            mask = batch["response_mask"].to(logp.device)
+            old = join_responses([old_logp[i] for i in idx], batch).to(logp.device)
+            a_t = join_responses([adv_tok[i] for i in idx], batch).to(logp.device)
+            if algo == "jepo":
+                loss, stats = jepo_loss(logp, old, a_t, join_responses([cot_tok[i] for i in idx], batch).to(logp.device),
+                                        join_responses([sup_tok[i] for i in idx], batch).to(logp.device), mask,
+                                        float(rl["clip_eps"]), float(jepo_cfg.get("sup_coef", 1.0)))
+            else:
+                loss, stats = ppo_clip_loss(logp, old, a_t, mask, float(rl["clip_eps"]))
+            stats = {"clip_frac": stats["clip_frac"]}
+            if ref_logp is not None:
+                ref = join_responses([ref_logp[i] for i in idx], batch).to(logp.device)
+                kl = masked_mean(kl_k3(logp, ref), mask)
+                loss = loss + float(rl["kl_coef"]) * kl
+                stats["kl"] = kl.item()
+            return loss, stats, None
+
         engine.train()
         order = list(range(len(prompt_ids)))
         losses, clip_fracs, kls = [], [], []
@@ -378,27 +402,14 @@ def main(argv=None) -> None:
                 rng.shuffle(order)
             for s in range(0, len(order), mb):
                 idx = order[s:s + mb]
-                batch = collate([prompt_ids[i] for i in idx], [response_ids[i] for i in idx], pad)
-                logp = token_logprobs(engine, batch)
-                mask = batch["response_mask"].to(logp.device)
-                old = join_responses([old_logp[i] for i in idx], batch).to(logp.device)
-                a_t = join_responses([adv_tok[i] for i in idx], batch).to(logp.device)
-                if algo == "jepo":
-                    loss, stats = jepo_loss(logp, old, a_t, join_responses([cot_tok[i] for i in idx], batch).to(logp.device),
-                                            join_responses([sup_tok[i] for i in idx], batch).to(logp.device), mask,
-                                            float(rl["clip_eps"]), float(jepo_cfg.get("sup_coef", 1.0)))
-                else:
-                    loss, stats = ppo_clip_loss(logp, old, a_t, mask, float(rl["clip_eps"]))
-                if ref_logp is not None:
-                    ref = join_responses([ref_logp[i] for i in idx], batch).to(logp.device)
-                    kl = masked_mean(kl_k3(logp, ref), mask)
-                    loss = loss + float(rl["kl_coef"]) * kl
-                    kls.append(kl.item())
-                check_finite(loss.item(), f"{algo} loss", it)
-                engine.backward(loss)
-                engine.step()
-                losses.append(loss.item())
+                # one optimizer step on the minibatch (split over ranks and micro batches by
+                # train_batch); the loss is a token mean over all of the minibatch's responses
+                loss, stats, _ = train_batch(engine, idx, [len(response_ids[i]) for i in idx], policy_loss,
+                                             engine.train_micro_batch_size_per_gpu(), what=f"{algo} loss", step=it)
+                losses.append(loss)
                 clip_fracs.append(stats["clip_frac"])
+                if "kl" in stats:
+                    kls.append(stats["kl"])
         compute.add_training(n_params, n_tokens * epochs)
         if isinstance(sampler, VLLMSampler):
             sampler.sync_weights(engine.module)  # the next iteration samples from the updated policy
@@ -426,6 +437,9 @@ def main(argv=None) -> None:
             "rl_flops": compute.flops, "init_policy_meta": base_meta, "n_params": n_params,
             "wall_s": time.time() - t_start}
     save_policy(engine.module, tokenizer, out / "policy", extra_files={"policy_meta.json": json.dumps(meta, indent=2)})
+    barrier()
+    if not is_main():  # rank 0 writes the outputs (save_policy gathers ZeRO-3 weights from every rank)
+        return
     write_jsonl(out / "metrics.jsonl", state["metrics"])
     write_json(out / "summary.json", meta)
     shutil.rmtree(ckpt, ignore_errors=True)  # finished: the resume state is no longer needed

@@ -17,14 +17,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .engine import build_engine, config_hash, load_checkpoint, save_checkpoint
+from .engine import barrier, build_engine, config_hash, is_main, load_checkpoint, save_checkpoint, train_batch
 from .flops import Compute, count_params
 from .modeling import build_char_tokenizer, build_tiny_llama, save_policy
 from .sampler import HFSampler
 from .scoring import collate, token_logprobs
 from .evaluate import evaluate_policy
 from .task import format_prompt
-from .utils import (atomic_dir, check_finite, read_jsonl, seed_everything,
+from .utils import (atomic_dir, read_jsonl, seed_everything,
                     stage_parser, start_stage, write_json)
 
 log = logging.getLogger("pipeline.sft")
@@ -41,6 +41,7 @@ def encode_examples(records: list[dict], tokenizer, task_cfg: dict) -> list[tupl
 
 
 def sft_loss(model, examples, pad_id: int):
+    """Mean negative log-likelihood of the solution tokens (the prompt is not trained on)."""
     batch = collate([p for p, _ in examples], [y for _, y in examples], pad_id)
     logp = token_logprobs(model, batch)
     mask = batch["response_mask"].to(logp.device)
@@ -65,7 +66,7 @@ def main(argv=None) -> None:
     val_records = read_jsonl(args.val)[: int(sft["eval_prompts"])]
     tiers = sorted(sft["tiers"].items(), key=lambda kv: kv[1])  # [(name, threshold)] weakest first
     max_steps, bs = int(sft["max_steps"]), int(sft["batch_size"])
-    engine = build_engine(model, sft, total_steps=max_steps, micro_batch_size=bs)
+    engine = build_engine(model, sft, total_steps=max_steps, batch_size=bs)
 
     ckpt = Path(args.ckpt)
     chash = config_hash(cfg)
@@ -73,15 +74,15 @@ def main(argv=None) -> None:
     compute = Compute.from_dict(state["compute"])
     step = state["step"]
     t0 = time.time()
-    bar = tqdm(total=max_steps, initial=step, desc="sft", mininterval=5)
+    bar = tqdm(total=max_steps, initial=step, desc="sft", mininterval=5, disable=not is_main())
     while step < max_steps and len(state["tiers"]) < len(tiers):
         engine.train()
         rng = random.Random(seed * 1_000_003 + step)  # batch is a function of the step: resume-exact
         batch = [train[i] for i in rng.sample(range(len(train)), bs)]
-        loss, n_tok = sft_loss(engine, batch, tokenizer.pad_token_id)
-        check_finite(loss.item(), "SFT loss", step)
-        engine.backward(loss)
-        engine.step()
+        # token mean over the whole batch, however it is split over ranks and micro batches
+        loss, _, _ = train_batch(engine, batch, [len(y) for _, y in batch],
+                                 lambda ex: (sft_loss(engine, ex, tokenizer.pad_token_id)[0], {}, None),
+                                 engine.train_micro_batch_size_per_gpu(), what="SFT loss", step=step)
         compute.add_training(n_params, sum(len(p) + len(y) for p, y in batch))
         step += 1
         bar.update(1)
@@ -90,8 +91,8 @@ def main(argv=None) -> None:
             ev = evaluate_policy(sampler, val_records, task_cfg, k=1, temperature=float(sft["eval_temperature"]),
                                  max_new_tokens=int(cfg["sampling"]["max_new_tokens"]), seed=seed + step)
             compute = compute.merge(sampler.compute)
-            state["curve"].append({"step": step, "loss": loss.item(), "val_pass1": ev["pass1"]})
-            log.info("step %d loss %.4f val pass@1 %.3f (%.0fs)", step, loss.item(), ev["pass1"], time.time() - t0)
+            state["curve"].append({"step": step, "loss": loss, "val_pass1": ev["pass1"]})
+            log.info("step %d loss %.4f val pass@1 %.3f (%.0fs)", step, loss, ev["pass1"], time.time() - t0)
             for name, threshold in tiers:
                 if name not in state["tiers"] and (ev["pass1"] >= threshold):
                     save_policy(engine.module, tokenizer, ckpt / "tiers" / name)
@@ -110,6 +111,9 @@ def main(argv=None) -> None:
             last = state["curve"][-1] if state["curve"] else {"val_pass1": None}
             state["tiers"][name] = {"step": step, "val_pass1": last["val_pass1"], "threshold": threshold,
                                     "reached": False, "compute": compute.to_dict()}
+    barrier()  # rank 0's tier copies are complete before it publishes them
+    if not is_main():
+        return
     out = Path(args.out)
     for name, _ in tiers:
         publish_tier(ckpt / "tiers" / name, out / name, {**state["tiers"][name], "tier": name, "n_params": n_params})

@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .engine import build_engine
+from .engine import build_engine, is_main, train_batch
 from .flops import Compute, count_params
 from .metrics import auroc, within_group_auroc
 from .reward_models import (AGGREGATIONS, HeadRewardModel, ImplicitPRM, aggregate, score_positions,
                             scoring_examples)
 from .rm_losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss, step_q_values
 from .scoring import collate, split_responses, token_logprobs
-from .utils import check_finite, read_json, read_jsonl, seed_everything, stage_parser, start_stage, write_json
+from .utils import read_json, read_jsonl, seed_everything, stage_parser, start_stage, write_json
 
 log = logging.getLogger("pipeline.train_rm")
 
@@ -115,38 +115,44 @@ def heldout_metrics(rm, rows: list[dict], batch_size: int) -> dict:
     return out
 
 
-def run_training(engine, n_items: int, per_batch: int, epochs: int, seed: int, desc: str, batch_loss,
-                 compute: Compute, n_params: int) -> list[float]:
+def run_training(engine, n_items: int, per_batch: int, epochs: int, seed: int, desc: str, batch_loss, item_weight,
+                 item_tokens, compute: Compute, n_params: int) -> list[float]:
     """The loop every reward model shares: shuffled epochs (the order is a function of the
-    epoch), one engine step per batch, NaN/inf check. `batch_loss(indices)` returns (loss,
-    tokens trained)."""
+    epoch), one optimizer step per batch through `train_batch` (split over ranks and micro
+    batches), NaN/inf check. `batch_loss(indices)` is the mean loss of those items, whose
+    weights in it are `item_weight(i)` (so the batch's loss is the same however it is split);
+    `item_tokens(i)` the tokens item i puts through the model."""
     losses: list[float] = []
     for epoch in range(epochs):
         order = list(range(n_items))
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        for s in tqdm(range(0, n_items, per_batch), desc=f"{desc} epoch {epoch}", mininterval=5):
+        for s in tqdm(range(0, n_items, per_batch), desc=f"{desc} epoch {epoch}", mininterval=5,
+                      disable=not is_main()):
             engine.train()
-            loss, n_tok = batch_loss(order[s:s + per_batch])
-            check_finite(loss.item(), f"{desc} loss", len(losses))
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.item())
-            compute.add_training(n_params, n_tok)
+            idx = order[s:s + per_batch]
+            loss, _, _ = train_batch(engine, idx, [item_weight(i) for i in idx], lambda sub: (batch_loss(sub), {}, None),
+                                     engine.train_micro_batch_size_per_gpu(), what=f"{desc} loss", step=len(losses))
+            losses.append(loss)
+            compute.add_training(n_params, sum(item_tokens(i) for i in idx))
     return losses
 
 
 def train_head(rm: HeadRewardModel, examples: list[dict], rmc: dict, weights, seed: int, kind: str
                ) -> tuple[list[float], Compute]:
     bs, epochs = int(rmc["batch_size"]), int(rmc["epochs"])
-    engine = build_engine(rm.model, rmc, total_steps=epochs * -(-len(examples) // bs), micro_batch_size=bs)
+    engine = build_engine(rm.model, rmc, total_steps=epochs * -(-len(examples) // bs), batch_size=bs)
     compute = Compute()
 
     def batch_loss(idx):
         chunk = [examples[i] for i in idx]
         batch = collate([e["prompt_ids"] for e in chunk], [e["response_ids"] for e in chunk], rm.tokenizer.pad_token_id)
-        return head_loss(rm.position_logits(engine, batch), chunk, weights), int(batch["attention_mask"].sum())
+        return head_loss(rm.position_logits(engine, batch), chunk, weights)
 
-    losses = run_training(engine, len(examples), bs, epochs, seed, kind, batch_loss, compute, count_params(rm.model))
+    # head_loss averages over target positions (class weights inside the mean): an example weighs its targets
+    losses = run_training(engine, len(examples), bs, epochs, seed, kind, batch_loss,
+                          lambda i: len(examples[i]["targets"]),
+                          lambda i: len(examples[i]["prompt_ids"]) + len(examples[i]["response_ids"]),
+                          compute, count_params(rm.model))
     rm.model = engine.module
     return losses, compute
 
@@ -244,21 +250,20 @@ def reference_logprobs(prm: ImplicitPRM, examples: list[dict], batch_size: int) 
 
 
 def implicit_loss(prm: ImplicitPRM, model, loss: str, items: list, examples: list[dict], ref: list[torch.Tensor],
-                  weights: torch.Tensor | None, step_coef: float = 0.0) -> tuple[torch.Tensor, int]:
+                  weights: torch.Tensor | None, step_coef: float = 0.0) -> torch.Tensor:
     """Loss of one batch: `items` are example indices (CE, KTO) or (chosen, rejected) pairs
     (DPO, NCA). With `step_coef` > 0, CE and KTO add `step_coef` x the BCE of sigmoid(q_h) against
-    the examples' MC step labels (`step_label_loss`). Returns (loss, tokens through the policy)."""
+    the examples' MC step labels (`step_label_loss`). Returns the batch's loss."""
     def rewards(idx):
         exs = [examples[i] for i in idx]
         trs = prm.response_token_rewards(model, exs, [ref[i] for i in idx])
-        return (torch.stack([t.sum() for t in trs]), sum(len(e["prompt_ids"]) + len(e["response_ids"]) for e in exs),
-                trs)
+        return torch.stack([t.sum() for t in trs]), trs
 
     if loss in ("dpo", "nca"):
-        r, n, _ = rewards([w for w, _ in items] + [l for _, l in items])
+        r, _ = rewards([w for w, _ in items] + [l for _, l in items])
         r_w, r_l = r[: len(items)], r[len(items):]
-        return (dpo_loss(r_w, r_l) if loss == "dpo" else nca_loss(r_w, r_l)), n
-    r, n, trs = rewards(items)
+        return dpo_loss(r_w, r_l) if loss == "dpo" else nca_loss(r_w, r_l)
+    r, trs = rewards(items)
     labels = torch.tensor([examples[i]["label"] for i in items], device=r.device)
     step = step_label_loss(trs, [examples[i] for i in items]) if step_coef > 0 else None
     extra = 0.0 if step is None else step_coef * step
@@ -267,9 +272,9 @@ def implicit_loss(prm: ImplicitPRM, model, loss: str, items: list, examples: lis
         mism = [dict(examples[i], response_ids=examples[items[(k + 1) % len(items)]]["response_ids"])
                 for k, i in enumerate(items)]
         r_mm = torch.stack([t.sum() for t in prm.response_token_rewards(model, mism)])
-        return kto_loss(r, labels, kto_kl_estimate(r_mm)) + extra, 2 * n
+        return kto_loss(r, labels, kto_kl_estimate(r_mm)) + extra
     w = weights[items].to(r.device) if weights is not None else None
-    return ce_loss(r, labels, w) + extra, n
+    return ce_loss(r, labels, w) + extra
 
 
 def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str, seed: int,
@@ -293,13 +298,30 @@ def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str,
         weights = balanced_ce_weights(labels, [e["instruction"] for e in examples])
     elif loss == "ce_data":
         weights = balanced_ce_weights(labels, [e["dataset"] for e in examples])
-    per_batch = max(1, bs // 2) if loss in ("dpo", "nca") else bs  # a pair is two sequences
-    engine = build_engine(prm.model, {**rmc, "lr": rmc.get("implicit_lr", rmc["lr"])},
-                          total_steps=epochs * -(-len(items) // per_batch), micro_batch_size=bs)
+    pairs = loss in ("dpo", "nca")
+    per_batch = max(1, bs // 2) if pairs else bs  # a pair is two sequences
+    train_cfg = {**rmc, "lr": rmc.get("implicit_lr", rmc["lr"])}
+    if pairs and rmc.get("micro_batch_size"):
+        train_cfg["micro_batch_size"] = max(1, int(rmc["micro_batch_size"]) // 2)
+    engine = build_engine(prm.model, train_cfg, total_steps=epochs * -(-len(items) // per_batch), batch_size=per_batch)
+
+    def seq_tokens(i: int) -> int:
+        return len(examples[i]["prompt_ids"]) + len(examples[i]["response_ids"])
+
+    def item_weight(j: int) -> float:
+        # CE: its weighted mean over examples; pairs: a mean over pairs. KTO's KL reference point
+        # and the step-label term are taken within each micro batch (exact without micro batches)
+        return float(weights[items[j]]) if weights is not None else 1.0
+
+    def item_tokens(j: int) -> int:
+        if pairs:
+            return seq_tokens(items[j][0]) + seq_tokens(items[j][1])
+        return seq_tokens(items[j]) * (2 if loss == "kto" else 1)  # KTO also scores a mismatched pair
+
     losses = run_training(engine, len(items), per_batch, epochs, seed, f"implicit {loss}",
                           lambda idx: implicit_loss(prm, engine, loss, [items[i] for i in idx], examples, ref, weights,
                                                     step_coef),
-                          compute, n_params)
+                          item_weight, item_tokens, compute, n_params)
     prm.model = engine.module
     return losses, compute
 
@@ -355,7 +377,7 @@ def main(argv=None) -> None:
         weights = None
         n_params = count_params(rm.model)
     else:
-        rm = HeadRewardModel.init_from_policy(args.policy, args.kind, meta)
+        rm = HeadRewardModel.init_from_policy(args.policy, args.kind, meta, dropout=float(rmc.get("head_dropout", 0.1)))
         examples = build_examples(rows, rm.tokenizer, args.kind, args.prm_label)
         weights = class_balance_weights([t for e in examples for t in e["targets"]]) if args.kind == "pav" else None
         losses, train_compute = train_head(rm, examples, rmc, weights, seed, args.kind)
@@ -375,6 +397,8 @@ def main(argv=None) -> None:
                    class_balance=weights, data_fraction=data_frac, ablation=ablation)
     rm.meta.update(train_flops=train_compute.flops, data_flops=data_compute.flops)
     rm.save(Path(args.out) / "model")
+    if not is_main():  # rank 0 writes the outputs
+        return
     write_json(Path(args.out) / "metrics.json", metrics)
     log.info("%s: %s", args.kind, json.dumps({k: v for k, v in metrics.items() if k != "loss_curve"}))
 

@@ -140,8 +140,12 @@ def setup_logging(log_file: str | None = None) -> None:
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        handlers=handlers, force=True)
+    # under a multi-process launcher every rank logs; ranks other than 0 only their warnings,
+    # each line tagged with its rank
+    rank = int(os.environ.get("RANK", "0"))
+    tag = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s {tag}%(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:

@@ -230,6 +230,22 @@ def best_aggregation(metrics: dict, allowed) -> str:
     return max(((key(how), -i, how) for i, how in enumerate(allowed)))[2]
 
 
+def score_aggregations(is_probability: bool) -> list[str]:
+    """The aggregations reported for a reward model (`product` needs probability scores)."""
+    return [a for a in AGGREGATIONS if a != "product" or is_probability]
+
+
+def best_of_n_accuracy(pools: list[dict], scores_path: str | Path, rm: str, metrics: dict, is_probability: bool,
+                       n: int, n_subsets: int, seed: int) -> float:
+    """Best-of-N accuracy of one reward model on one generator's pools, as table1 reports it:
+    its best aggregation by held-out AUROC (`best_aggregation`), mean accuracy over the same
+    subset draws. Attaches the scores to `pools` under `rm`."""
+    aggs = score_aggregations(is_probability)
+    attach_scores(pools, scores_path, rm, aggs)
+    subsets = draw_subsets(len(pools[0]["outcome"]), n, n_subsets, len(pools), seed)
+    return subset_accuracy(pools, subsets, m_best_of_n(f"{rm}:{best_aggregation(metrics, aggs)}"))[0]
+
+
 def table1(pools: dict[str, list[dict]], rms: dict[str, dict], n_values: list[int], n_subsets: int,
            seed: int) -> pd.DataFrame:
     """Long table: one row per (method, generator, N) with mean / std accuracy over subset draws.
@@ -338,7 +354,7 @@ def main(argv=None) -> None:
     rms = {}
     for rm, d in scores.items():
         meta = read_json(Path(d) / "meta.json")
-        aggs = [a for a in AGGREGATIONS if a != "product" or meta["scores_are_probabilities"]]
+        aggs = score_aggregations(meta["scores_are_probabilities"])
         m = read_json(metrics[rm])
         best = best_aggregation(m, aggs)
         for gen, gen_pools in pools.items():

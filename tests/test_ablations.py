@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.ablation_table import cell_labels, grid_frame, label_agreement, plot_grid, rl_row, rm_row
+from pipeline.ablation_table import bon_columns, cell_labels, grid_frame, label_agreement, plot_grid, rl_row, rm_row
 from pipeline.config import REPO, ConfigError, ablation_grid, is_default_cell, load_preset, merge_configs, validate_config
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama, save_policy
 from pipeline.train_rm import (attach_step_labels, dedup_rows, implicit_examples, step_label_loss, subsample_rows,
@@ -156,6 +156,41 @@ def test_rm_row_reads_the_metrics():
     row = rm_row({"loss": "ce", "beta": 0.05}, m)
     assert row["loss"] == "ce" and row["auroc_min"] == 0.7 and row["n_instructions"] == 5
     assert math.isnan(row["auroc_last"])
+
+
+def test_bon_columns_by_hand():
+    assert bon_columns({"weak": 0.5, "strong": 0.7}, 64) == {"bon64_weak": 0.5, "bon64_strong": 0.7,
+                                                               "bon64_avg": pytest.approx(0.6)}
+    row = rm_row({"loss": "ce"}, {"auroc_min": 0.7}, bon_columns({"weak": 0.25}, 4))
+    assert row["bon4_weak"] == row["bon4_avg"] == 0.25 and row["auroc_min"] == 0.7
+
+
+def test_best_of_n_columns_by_hand(tmp_path):
+    """Two prompts, pools of 2 (N = 2: one draw, the whole pool). By the min of the step scores
+    the verifier picks the right sample of p1 and the wrong one of p2 (0.5); by the last step it
+    picks both right (1.0). The cell's held-out within-prompt AUROC decides which aggregation."""
+    rows = [{"id": "p1", "sample_idx": 0, "outcome": 1, "response": "a"},
+            {"id": "p1", "sample_idx": 1, "outcome": 0, "response": "b"},
+            {"id": "p2", "sample_idx": 0, "outcome": 0, "response": "c"},
+            {"id": "p2", "sample_idx": 1, "outcome": 1, "response": "d"}]
+    steps = {("p1", 0): [0.9, 0.8], ("p1", 1): [0.95, 0.1], ("p2", 0): [0.7], ("p2", 1): [0.2, 0.9]}
+    (tmp_path / "gen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    (scores / "gen.jsonl").write_text("".join(json.dumps({"id": i, "sample_idx": k, "step_scores": s}) + "\n"
+                                             for (i, k), s in steps.items()))
+    (scores / "meta.json").write_text(json.dumps({"scores_are_probabilities": True}))
+    from pipeline.verify import load_pool
+
+    by_last = {"within_prompt_auroc_last": 0.9, "within_prompt_auroc_min": 0.6}
+    by_min = {"within_prompt_auroc_last": 0.6, "within_prompt_auroc_min": 0.9}
+    files = {"m_last": by_last, "m_min": by_min, f"{scores}/meta.json": {"scores_are_probabilities": True}}
+    cells = [{"cell": {"loss": "ce"}, "files": {"metrics": "m_last", "scores": str(scores)}},
+             {"cell": {"loss": "dpo"}, "files": {"metrics": "m_min", "scores": str(scores)}}]
+    bon = {"pools": {"gen": load_pool(tmp_path / "gen.jsonl", {"grader": "exact"})[0]}, "n": 2, "n_subsets": 8,
+           "seed": 0}
+    df = grid_frame("implicit_prm", cells, load=lambda kind, path: files[path], bon=bon)
+    assert df["bon2_gen"].tolist() == [1.0, 0.5] and df["bon2_avg"].tolist() == [1.0, 0.5]
 
 
 def test_label_agreement_by_hand():
@@ -301,9 +336,28 @@ def test_smoke_implicit_grid_builds_end_to_end(tmp_path):
     assert m["ablation"]["n_rows"] == round(0.5 * n_prompts) and m["data_fraction"] == pytest.approx(
         m["ablation"]["n_rows"] / m["ablation"]["n_rows_available"])
     assert (res / "ablations" / "implicit_prm.png").stat().st_size > 5_000
+    # best-of-N at table1's largest N on each generator's pool; the default cell's equals what
+    # table1's own code gives the main implicit PRM on the same pools and subset draws
+    from pipeline.verify import attach_scores, best_aggregation, load_pool, score_aggregations, table1
+
+    vc = cfg["verify"]
+    n = max(vc["n_values"])
+    bon_cols = [f"bon{n}_{g}" for g in vc["generators"]] + [f"bon{n}_avg"]
+    assert all(c in df.columns for c in bon_cols) and df[bon_cols].stack().between(0, 1).all()
+    pools = {g: load_pool(res / "verify/pools" / f"{g}.jsonl", cfg["task"])[0] for g in vc["generators"]}
+    scores = res / "verify/scores/implicit_ce_inst"
+    prob = json.loads((scores / "meta.json").read_text())["scores_are_probabilities"]
+    best = best_aggregation(main, score_aggregations(prob))
+    for g in vc["generators"]:
+        attach_scores(pools[g], scores / f"{g}.jsonl", "m", score_aggregations(prob))
+    long = table1(pools, {"m": {"aggs": [best], "best": best, "prob": prob, "flops": 0.0}}, [n], vc["n_subsets"],
+                  cfg["seed"])
+    picked = long[(long["method"] == f"m (best: {best})")].set_index("generator")["accuracy"]
+    for g in vc["generators"]:
+        assert df.loc[0, f"bon{n}_{g}"] == pytest.approx(picked[g], abs=5e-5)  # the csv keeps 4 decimals
     assert planned_jobs(smoke_dir, "results/ablations/implicit_prm.csv", "--configfile", str(SMOKE)) == {}
     # another beta for one cell: that cell's training and the table, nothing sampled, nothing else retrained
     grid = cfg["ablations"]["implicit_prm"]["grid"]
     changed = overlay(smoke_dir, {"ablations": {"implicit_prm": {"grid": [dict(grid[0], beta=[0.05, 0.2]), grid[1]]}}})
     assert planned_jobs(smoke_dir, "results/ablations/implicit_prm.csv", "--configfile", str(SMOKE), changed) == {
-        "ablation_implicit_prm": 1, "ablation_table": 1}
+        "ablation_implicit_prm": 1, "ablation_rm_scores": 1, "ablation_table": 1}

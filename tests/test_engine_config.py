@@ -82,7 +82,7 @@ def test_zero3_engine_saves_and_streams_full_weights(tmp_path):
     m = build_tiny_llama(tok, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2,
                                "max_position_embeddings": 64}, seed=0)
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    engine = build_engine(m, {"lr": 1e-3, "zero_stage": 3}, total_steps=2, micro_batch_size=2)
+    engine = build_engine(m, {"lr": 1e-3, "zero_stage": 3}, total_steps=2, batch_size=2)
     module = engine.module
     assert is_zero3_partitioned(module)
     assert next(module.parameters()).numel() == 0  # a shard placeholder: saving it as-is would lose the model

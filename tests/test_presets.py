@@ -68,6 +68,18 @@ def test_preset_dag_dry_runs_with_expected_rules(tmp_path, name):
     assert ev["prompt_template"] == cfg["task"]["prompt_template"]
     assert "{problem}" in format_prompt({"problem": "{problem}"}, ev)
     assert not any(k.startswith("sft/") for k in default_targets(cfg, "R"))
+    # each generator's pool is drawn in its own chat format (prompt_templates), the rest in task's
+    pools = {}
+    for line in text.splitlines():
+        if "-m pipeline.rollouts " in line and "--policy-name" in line:
+            toks = shlex.split(line.split("Shell command:", 1)[-1])
+            pools[toks[toks.index("--policy-name") + 1]] = json.loads(toks[toks.index("--cfg") + 1])["task"]
+    for gen, task in pools.items():
+        assert task["prompt_template"] == cfg.get("prompt_templates", {}).get(gen, cfg["task"]["prompt_template"])
+    if name == "implicit_prm":
+        assert set(pools) == {"llama8b", "mistral7b", "llama70b"}
+        assert pools["mistral7b"]["prompt_template"].startswith("<s>[INST] {problem}")
+        assert pools["llama70b"]["prompt_template"].startswith("<|begin_of_text|><|start_header_id|>user")
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -77,6 +89,11 @@ def test_preset_scale_and_backends(name):
     assert cfg["task"]["name"] == "math" and cfg["task"]["grader"] == "math"
     for section in TRAINING:
         assert cfg[section]["bf16"] is True and cfg[section]["zero_stage"] == 3, section
+    # the sections that train a 7-8B model in this preset's DAG cap their forwards (gradient accumulation)
+    trained = {"implicit_prm": ["rm"], "prime": ["rl"], "vineppo": ["rl"], "pav": ["rm", "rl"]}[name]
+    for section in trained:
+        batch = cfg[section]["minibatch_size" if section == "rl" else "batch_size"]
+        assert 1 <= cfg[section]["micro_batch_size"] <= 8 < batch, section
     for pol in cfg["policies"].values():
         assert re.fullmatch(r"[\w.-]+/[\w.-]+", pol), pol  # hub ids
     for split, src in cfg["task"]["sources"].items():
@@ -159,6 +176,8 @@ def test_vineppo_published_setting():
     ({"resources": {"bon_pool": {"gpu": 2}}},
      "config key resources.bon_pool.gpu: 2 GPU(s), but sampling.tensor_parallel_size is 4"),
     ({"task": {"sources": {"test": {"name": "aime"}}}}, "config key task.sources.test.name"),
+    ({"prompt_templates": {"gemma": "{problem}"}}, "config key prompt_templates.gemma: unknown policy"),
+    ({"prompt_templates": {"mistral7b": "no field"}}, "config key prompt_templates.mistral7b"),
 ])
 def test_preset_cross_checks(change, message):
     import copy

@@ -191,7 +191,10 @@ def test_gpu_jobs_launch_over_all_their_gpus(tmp_path):
     assert re.search(py + r" -m pipeline\.data_prep ", proc.stdout)  # gpu: 0
     tp = {stage: json.loads(re.search(r"--cfg '(\{.*?\})' ", shell[stage]).group(1))["sampling"].get(
         "tensor_parallel_size") for stage in ("rollouts", "evaluate", "rl")}
-    assert tp == {"rollouts": 2, "evaluate": 1, "rl": None}  # rl samples from its in-memory policy (HF)
+    assert tp == {"rollouts": 2, "evaluate": 1, "rl": None}
+    backend = {stage: json.loads(re.search(r"--cfg '(\{.*?\})' ", shell[stage]).group(1))["sampling"]["backend"]
+               for stage in ("rollouts", "rl")}
+    assert backend == {"rollouts": "vllm", "rl": "hf"}  # 8-rank RL samples from its in-memory policy on every rank
 
 
 def test_profile_keys():

@@ -7,7 +7,9 @@
 # - implicit_prm: every cell trains on the same seed rollouts (rm.data_policy, mc_label.split);
 #   responses per instruction and the share of instructions are subsamples drawn inside
 #   training (train_rm --responses-per-instruction / --instruction-frac), beta and the loss are
-#   training knobs. No cell samples anything.
+#   training knobs. No cell samples anything. Every reward-model cell (implicit_prm, factors)
+#   scores the main DAG's best-of-N pools (verify/pools/<generator>), so its row has best-of-N
+#   accuracy at the largest verify.n_values beside its held-out AUROC.
 # - factors: the same rollouts (or data_policy's), deduplicated inside training (--dedup), plus the
 #   MC labels of those rollouts for the step-label cells (--step-labels).
 # - mc_label: labels depend on (n_mc, n_cov) only, so cells differing in prover K share them; all
@@ -61,6 +63,46 @@ def rm_cell_metrics(grid, path, cell):
         loss = cell["loss"] if grid == "implicit_prm" else ABL["factors"].get("loss", "ce")
         return f"{OUT}/rm/implicit_{loss}/metrics.json"
     return f"{ABL_OUT}/{grid}/{path}/metrics.json"
+
+
+def rm_cell_scores(grid, path, cell):
+    """Score directory of a reward-model cell over the best-of-N pools: the main DAG's
+    verify/scores/implicit_<loss> for the default cell."""
+    if is_default_cell(config, grid, cell):
+        loss = cell["loss"] if grid == "implicit_prm" else ABL["factors"].get("loss", "ce")
+        return f"{OUT}/verify/scores/implicit_{loss}"
+    return f"{ABL_OUT}/{grid}/{path}/scores"
+
+
+ABL_RM_GRIDS = [g for g in ("implicit_prm", "factors") if g in ABL]
+if ABL_RM_GRIDS:
+
+    rule ablation_rm_scores:
+        """A reward-model cell scores every best-of-N pool, as rule score_pool does for the main
+        models (no calibration rows: step verification is the main models' table4)."""
+        input:
+            model=f"{ABL_OUT}/{{rmgrid}}/{{cellpath}}/model",
+            pools=expand(f"{OUT}/verify/pools/{{gen}}.jsonl", gen=VERIFY_GENS),
+        output:
+            scores=expand(f"{ABL_OUT}/{{{{rmgrid}}}}/{{{{cellpath}}}}/scores/{{gen}}.jsonl", gen=VERIFY_GENS),
+            meta=f"{ABL_OUT}/{{rmgrid}}/{{cellpath}}/scores/meta.json",
+        wildcard_constraints:
+            rmgrid="|".join(ABL_RM_GRIDS),
+            cellpath=r"[^/]+~[^/]+(/[^/]+~[^/]+)*",
+        params:
+            cfg=cfg_json(verify={"score_batch_size": VERIFY.get("score_batch_size", 64)}),
+            inputs=" ".join(f"{g}={OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS),
+            out=f"{ABL_OUT}/{{rmgrid}}/{{cellpath}}/scores",
+        log:
+            f"{OUT}/logs/ablations/{{rmgrid}}/{{cellpath}}/score_pools.log",
+        benchmark:
+            f"{OUT}/benchmarks/ablations/{{rmgrid}}/{{cellpath}}/score_pools.tsv"
+        threads: res("score_pool")["threads"]
+        resources:
+            **resources_of("score_pool"),
+        shell:
+            "{PY} -m pipeline.score_pool --cfg {params.cfg} --rm {input.model} --inputs {params.inputs} "
+            "--out-dir {params.out} --threads {threads} > {log} 2>&1"
 
 
 if "implicit_prm" in ABL:
@@ -242,7 +284,7 @@ if ABL_RL_GRIDS:
             rl["pav"] = {**rl.get("pav", {}), "alpha": value}
         else:
             rl["vineppo_k"] = value
-        return cfg_json("task", "sampling", "seed", rl=rl)
+        return cfg_json("seed", task=task_for(config["rl"]["base_policy"]), sampling=rl_sampling(), rl=rl)
 
     def abl_rl_rm(wc):
         name = rl_reward_model(config, RL_GRID_ALGO[wc.rlgrid][0])
@@ -298,7 +340,7 @@ if ABL_RL_GRIDS:
             cell=r"[^/]+",
             seed=r"\d+",
         params:
-            cfg=cfg_json("eval", "task", "seed", sampling=sampling_of("evaluate")),
+            cfg=cfg_json("eval", "seed", task=task_for(config["rl"]["base_policy"]), sampling=sampling_of("evaluate")),
             data=f"{OUT}/data",
         log:
             f"{OUT}/logs/ablations/{{rlgrid}}/{{cell}}/s{{seed}}_eval.log",
@@ -327,7 +369,7 @@ def abl_cell_files(grid):
     out = []
     for path, cell in abl_cells(grid):
         if grid in ("implicit_prm", "factors"):
-            files = {"metrics": rm_cell_metrics(grid, path, cell)}
+            files = {"metrics": rm_cell_metrics(grid, path, cell), "scores": rm_cell_scores(grid, path, cell)}
         elif grid == "mc_label":
             labels = mc_cell_labels(cell["n_mc"], cell["n_cov"])
             pav = (f"{OUT}/rm/pav/metrics.json" if is_default_cell(config, grid, cell)
@@ -345,8 +387,12 @@ def abl_table_inputs(wc):
         f = c["files"]
         if wc.grid in RL_GRID_ALGO:
             files += [f"{d}/{name}" for d in f["runs"] for name in ("summary.json", "metrics.jsonl")] + f["evals"]
+        elif wc.grid in ABL_RM_GRIDS:
+            files += [f["metrics"], f"{f['scores']}/meta.json"] + [f"{f['scores']}/{g}.jsonl" for g in VERIFY_GENS]
         else:
             files += list(f.values())
+    if wc.grid in ABL_RM_GRIDS:
+        files += [f"{OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS]
     return files
 
 
@@ -365,6 +411,11 @@ if ABL_GRIDS:
             cells=lambda wc: shlex.quote(json.dumps(abl_cell_files(wc.grid))),
             axes=lambda wc: " ".join(ABLATION_AXES[wc.grid]),
             splits=" ".join(config["eval"]["splits"]),
+            # reward-model grids: best-of-N at the largest N of table1, on its pools and subset draws
+            bon=lambda wc: (" ".join(["--pools"] + [f"{g}={OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS]) +
+                            f" --bon-n {max(VERIFY['n_values'])} --bon-subsets {VERIFY['n_subsets']}"
+                            f" --seed {config['seed']} --grader {config['task'].get('grader', 'math')}"
+                            if wc.grid in ABL_RM_GRIDS else ""),
         log:
             f"{OUT}/logs/ablations/{{grid}}_table.log",
         benchmark:
@@ -374,4 +425,4 @@ if ABL_GRIDS:
             **resources_of("tables"),
         shell:
             "{PY} -m pipeline.ablation_table --grid {wildcards.grid} --axes {params.axes} --cells {params.cells} "
-            "--splits {params.splits} --out {output.table} --plot {output.plot} > {log} 2>&1"
+            "--splits {params.splits} {params.bon} --out {output.table} --plot {output.plot} > {log} 2>&1"

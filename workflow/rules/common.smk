@@ -83,6 +83,28 @@ def sampling_of(rule_name):
     return s
 
 
+def task_for(policy):
+    """The task section as a rule that samples from `policy` sees it: the policy's own prompt
+    template (`prompt_templates.<policy>`, its chat format) in place of task.prompt_template;
+    without one the section unchanged (so a config without templates keeps its params)."""
+    t = dict(config["task"])
+    tpl = config.get("prompt_templates", {}).get(policy)
+    if tpl:
+        t["prompt_template"] = tpl
+    return t
+
+
+def rl_sampling():
+    """The sampling section RL jobs see. With one GPU a vLLM backend is an engine colocated with
+    the trainer and synced after every update; data-parallel RL (resources.rl.gpu > 1: torchrun,
+    one DeepSpeed rank per GPU) samples with the HF loop on every rank instead, since the ranks
+    would otherwise each start an engine of their own."""
+    s = dict(config["sampling"])
+    if s["backend"] == "vllm" and int(res("rl").get("gpu", 0)) > 1:
+        s["backend"] = "hf"
+    return s
+
+
 def policy_dir(name):
     """Where a named policy lives: a configured dir/hub id, or an SFT tier of the testbed."""
     if name in config.get("policies", {}):

@@ -23,7 +23,7 @@ rule evaluate:
     wildcard_constraints:
         seed=r"\d+",
     params:
-        cfg=cfg_json("eval", "task", "seed", sampling=sampling_of("evaluate")),
+        cfg=cfg_json("eval", "seed", task=task_for(config["rl"]["base_policy"]), sampling=sampling_of("evaluate")),
         policy=lambda wc: eval_policy_dir(wc.method, wc.seed),
         data=f"{OUT}/data",
     log:

@@ -13,7 +13,7 @@ def rl_view(algo):
 
 
 def rl_cfg(algo):
-    return cfg_json("task", "sampling", "seed", rl=rl_view(algo))
+    return cfg_json("seed", task=task_for(config["rl"]["base_policy"]), sampling=rl_sampling(), rl=rl_view(algo))
 
 
 def rl_rm_input(wc):

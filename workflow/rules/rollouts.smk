@@ -7,7 +7,7 @@ rule rollouts:
         rows=f"{OUT}/rollouts/{{policy}}/{{split}}.jsonl",
         summary=f"{OUT}/rollouts/{{policy}}/{{split}}.summary.json",
     params:
-        cfg=cfg_json("rollouts", "task", "seed", sampling=sampling_of("rollouts")),
+        cfg=lambda wc: cfg_json("rollouts", "seed", task=task_for(wc.policy), sampling=sampling_of("rollouts")),
         policy=lambda wc: policy_dir(wc.policy),
     log:
         f"{OUT}/logs/rollouts/{{policy}}_{{split}}.log",

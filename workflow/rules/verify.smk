@@ -6,10 +6,11 @@ VERIFY_CALIB = f"{OUT}/rollouts/{config['rm']['data_policy']}/{VERIFY['calib_spl
 IS_TESTBED = config["task"]["name"] == "arith"
 
 
-def pool_cfg():
-    """The rollouts stage, reconfigured to draw verify.pool_size samples of verify.n_prompts prompts."""
+def pool_cfg(wc):
+    """The rollouts stage, reconfigured to draw verify.pool_size samples of verify.n_prompts
+    prompts from one generator (in its own prompt template)."""
     ro = {"n_prompts": VERIFY["n_prompts"], "n_samples": VERIFY["pool_size"], "temperature": VERIFY["temperature"]}
-    return cfg_json("task", "seed", rollouts=ro, sampling=sampling_of("bon_pool"))
+    return cfg_json("seed", task=task_for(wc.policy), rollouts=ro, sampling=sampling_of("bon_pool"))
 
 
 rule bon_pool:
@@ -21,7 +22,7 @@ rule bon_pool:
         rows=f"{OUT}/verify/pools/{{policy}}.jsonl",
         summary=f"{OUT}/verify/pools/{{policy}}.summary.json",
     params:
-        cfg=pool_cfg(),
+        cfg=pool_cfg,
         policy=lambda wc: policy_dir(wc.policy),
     log:
         f"{OUT}/logs/bon_pool/{{policy}}.log",
@@ -46,7 +47,7 @@ rule score_pool:
         scores=expand(f"{OUT}/verify/scores/{{{{rm}}}}/{{name}}.jsonl", name=VERIFY_GENS + ["calib"]),
         meta=f"{OUT}/verify/scores/{{rm}}/meta.json",
     wildcard_constraints:
-        rm="|".join(VERIFY_RMS),
+        rm="|".join(RM_SPECS),  # any trainable model: an ablation grid's default cell may be outside rm.models
     params:
         # only the batch size: changing how the pools are evaluated must not rescore them
         cfg=cfg_json(verify={"score_batch_size": VERIFY.get("score_batch_size", 64)}),
@@ -108,7 +109,7 @@ def search_cfg(wc):
     """The search stage's config: the `search` section at one beam width, on the pools' prompts."""
     sc = {k: v for k, v in SEARCH.items() if k not in ("policy", "verifiers", "beam_widths")}
     sc.update(beam_width=int(wc.width), n_prompts=VERIFY["n_prompts"])
-    return cfg_json("task", "seed", search=sc, sampling=sampling_of("beam_search"))
+    return cfg_json("seed", task=task_for(SEARCH["policy"]), search=sc, sampling=sampling_of("beam_search"))
 
 
 rule beam_search:
