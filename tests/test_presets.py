@@ -80,6 +80,12 @@ def test_preset_dag_dry_runs_with_expected_rules(tmp_path, name):
         assert set(pools) == {"llama8b", "mistral7b", "llama70b"}
         assert pools["mistral7b"]["prompt_template"].startswith("<s>[INST] {problem}")
         assert pools["llama70b"]["prompt_template"].startswith("<|begin_of_text|><|start_header_id|>user")
+        # the Llama PRMs read the Mistral pool in their own template and tokenizer (score_pool)
+        score = stage_cfg(text, "score_pool")
+        assert score["score_prompt"]["prompt_template"] == cfg["task"]["prompt_template"]
+        line = next(x for x in text.splitlines() if "-m pipeline.score_pool " in x)
+        assert "mistral7b=mistralai/Mistral-7B-Instruct-v0.2" in line.split("--generator-tokenizers", 1)[1]
+        assert "--records results/paper_implicit_prm/data/test.jsonl" in line
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -83,6 +83,7 @@ if ABL_RM_GRIDS:
         input:
             model=f"{ABL_OUT}/{{rmgrid}}/{{cellpath}}/model",
             pools=expand(f"{OUT}/verify/pools/{{gen}}.jsonl", gen=VERIFY_GENS),
+            records=score_records(calib=False),
         output:
             scores=expand(f"{ABL_OUT}/{{{{rmgrid}}}}/{{{{cellpath}}}}/scores/{{gen}}.jsonl", gen=VERIFY_GENS),
             meta=f"{ABL_OUT}/{{rmgrid}}/{{cellpath}}/scores/meta.json",
@@ -90,8 +91,8 @@ if ABL_RM_GRIDS:
             rmgrid="|".join(ABL_RM_GRIDS),
             cellpath=r"[^/]+~[^/]+(/[^/]+~[^/]+)*",
         params:
-            cfg=cfg_json(verify={"score_batch_size": VERIFY.get("score_batch_size", 64)}),
-            inputs=" ".join(f"{g}={OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS),
+            cfg=score_cfg(),
+            inputs=" ".join(f"{g}={OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS) + score_reads(calib=False),
             out=f"{ABL_OUT}/{{rmgrid}}/{{cellpath}}/scores",
         log:
             f"{OUT}/logs/ablations/{{rmgrid}}/{{cellpath}}/score_pools.log",

@@ -36,6 +36,37 @@ rule bon_pool:
         "--records {input.records} --out {output.rows} --threads {threads} > {log} 2>&1"
 
 
+def score_cfg():
+    """score_pool's config: the batch size only (how pools are evaluated must not rescore them)
+    and, with real models, the prompt template the reward model reads samples in (its init
+    policy's)."""
+    c = {"verify": {"score_batch_size": VERIFY.get("score_batch_size", 64)}}
+    tpl = task_for(RM["init_policy"]).get("prompt_template")
+    if config.get("policies") and tpl:
+        c["score_prompt"] = {"prompt_template": tpl}
+    return cfg_json(**c)
+
+
+def score_records(calib=True):
+    """The problems a reward model re-renders prompts from (real models only: the testbed's
+    tiers share one template and tokenizer, so nothing is re-read)."""
+    if not config.get("policies"):
+        return []
+    return [f"{OUT}/data/{VERIFY['split']}.jsonl"] + ([f"{OUT}/data/{VERIFY['calib_split']}.jsonl"] if calib else [])
+
+
+def score_reads(calib=True):
+    """score_pool arguments that make a reward model read every sample in its own prompt
+    template and tokenizer (`pipeline/score_pool.py`); empty on the testbed."""
+    if not config.get("policies"):
+        return ""
+    gens = {g: policy_dir(g) for g in VERIFY_GENS}
+    if calib:
+        gens["calib"] = policy_dir(RM["data_policy"])
+    return (" --records " + " ".join(score_records(calib)) + " --generator-tokenizers "
+            + " ".join(f"{k}={v}" for k, v in gens.items()))
+
+
 rule score_pool:
     """One reward model scores every step of every pool sample (and the calibration rollouts)."""
     input:
@@ -43,15 +74,18 @@ rule score_pool:
         pools=expand(f"{OUT}/verify/pools/{{gen}}.jsonl", gen=VERIFY_GENS),
         calib=VERIFY_CALIB,
         ref=policy_input(config["rm"]["init_policy"]),  # the implicit PRM's reference
+        records=score_records(),
     output:
         scores=expand(f"{OUT}/verify/scores/{{{{rm}}}}/{{name}}.jsonl", name=VERIFY_GENS + ["calib"]),
         meta=f"{OUT}/verify/scores/{{rm}}/meta.json",
     wildcard_constraints:
         rm="|".join(RM_SPECS),  # any trainable model: an ablation grid's default cell may be outside rm.models
     params:
-        # only the batch size: changing how the pools are evaluated must not rescore them
-        cfg=cfg_json(verify={"score_batch_size": VERIFY.get("score_batch_size", 64)}),
-        inputs=" ".join(f"{g}={OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS) + f" calib={VERIFY_CALIB}",
+        cfg=score_cfg(),
+        # real models add how the reward model reads the samples (score_reads; empty on the
+        # testbed, whose command is unchanged)
+        inputs=" ".join(f"{g}={OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS) + f" calib={VERIFY_CALIB}"
+        + score_reads(),
         out=f"{OUT}/verify/scores/{{rm}}",
     log:
         f"{OUT}/logs/score_pool/{{rm}}.log",
