@@ -71,20 +71,15 @@ def param_count_from_config(path: str, trust_remote_code: bool = False) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _rank() -> int:
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
 def save_policy(model, tokenizer, out_dir, extra_files: dict[str, str] | None = None) -> None:
     """Save model + tokenizer atomically (a killed job leaves no half-written model dir). Under
     ZeRO-3 (`engine.module` of a stage-3 engine) the full weights are gathered first and only
     rank 0 writes."""
-    from .engine import full_state_dict
+    from .engine import full_state_dict, is_main
     from .utils import atomic_dir
 
     state = full_state_dict(model)  # gathered by every rank before rank 0 writes
-    if _rank() != 0:
+    if not is_main():
         return
     with atomic_dir(out_dir) as tmp:
         if state is None:

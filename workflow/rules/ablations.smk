@@ -285,7 +285,7 @@ if ABL_RL_GRIDS:
             rl["pav"] = {**rl.get("pav", {}), "alpha": value}
         else:
             rl["vineppo_k"] = value
-        return cfg_json("seed", task=task_for(config["rl"]["base_policy"]), sampling=rl_sampling(), rl=rl)
+        return rl_cfg(algo, rl)
 
     def abl_rl_rm(wc):
         name = rl_reward_model(config, RL_GRID_ALGO[wc.rlgrid][0])
@@ -341,7 +341,7 @@ if ABL_RL_GRIDS:
             cell=r"[^/]+",
             seed=r"\d+",
         params:
-            cfg=cfg_json("eval", "seed", task=task_for(config["rl"]["base_policy"]), sampling=sampling_of("evaluate")),
+            cfg=EVAL_CFG,
             data=f"{OUT}/data",
         log:
             f"{OUT}/logs/ablations/{{rlgrid}}/{{cell}}/s{{seed}}_eval.log",

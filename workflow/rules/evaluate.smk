@@ -11,6 +11,10 @@ def eval_policy_input(method, seed):
     return [f"{OUT}/rl/{method}/s{seed}/policy"]
 
 
+# every evaluation (table2's and the RL ablation cells') samples in the base policy's template
+EVAL_CFG = cfg_json("eval", "seed", task=task_for(config["rl"]["base_policy"]), sampling=sampling_of("evaluate"))
+
+
 rule evaluate:
     """Benchmark evaluation: mean pass@1 over k samples and greedy accuracy per eval split, for
     one policy and seed (the seed also moves the evaluation's sampling, so the base policy's
@@ -23,7 +27,7 @@ rule evaluate:
     wildcard_constraints:
         seed=r"\d+",
     params:
-        cfg=cfg_json("eval", "seed", task=task_for(config["rl"]["base_policy"]), sampling=sampling_of("evaluate")),
+        cfg=EVAL_CFG,
         policy=lambda wc: eval_policy_dir(wc.method, wc.seed),
         data=f"{OUT}/data",
     log:

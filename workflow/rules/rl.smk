@@ -12,8 +12,11 @@ def rl_view(algo):
     return {k: v for k, v in config["rl"].items() if k != "algos" and algo in METHOD_KEYS.get(k, (algo,))}
 
 
-def rl_cfg(algo):
-    return cfg_json("seed", task=task_for(config["rl"]["base_policy"]), sampling=rl_sampling(), rl=rl_view(algo))
+def rl_cfg(algo, rl=None):
+    """The RL stage's config: the algorithm's rl view (or `rl`, an ablation cell's variant of
+    it), the base policy's task view and RL's sampling view."""
+    return cfg_json("seed", task=task_for(config["rl"]["base_policy"]), sampling=rl_sampling(),
+                    rl=rl_view(algo) if rl is None else rl)
 
 
 def rl_rm_input(wc):
