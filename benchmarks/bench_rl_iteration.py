@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.config import load_preset, rl_reward_model
-from pipeline.rl import main as rl_main
+from pipeline.rl.train import main as rl_main
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
             rows[algo] = (sum(r["iter_s"] for r in timed) / len(timed), m[-1]["samples"] / len(m),
                           m[-1]["flops"] / len(m))
     print(f"{args.iterations} iterations (first one untimed) x {rl['prompts_per_iter']} prompts x {rl['samples_per_prompt']} samples, "
-          f"vineppo_k={rl.get('vineppo_k', 9)}, threads={args.threads}")
+          f"vineppo_k={rl['vineppo']['k']}, threads={args.threads}")
     print("| method | s / iteration | samples / iteration | FLOPs / iteration | time vs RLOO | FLOPs vs RLOO |")
     print("|---|---:|---:|---:|---:|---:|")
     base = rows.get("rloo")

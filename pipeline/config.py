@@ -9,6 +9,10 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator
 
+from .registry import (IMPLICIT_LOSSES, KIND_NOUNS, PAIR_LOSSES, REWARD_MODELS, RL_METHODS, method_sections,
+                       reward_model_kind)
+from .registry import rl_reward_model as _method_reward_model
+
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SFT_SPLITS = ("train", "val", "test", "ood")
@@ -35,9 +39,21 @@ def _closest_form(e) -> list:
     return [x for c in fits[0] for x in _closest_form(c)] if len(fits) == 1 else [e]
 
 
+def load_schema() -> dict:
+    """The config schema with the enums that come from the registry: RL methods, reward models
+    and implicit-PRM losses (pipeline/registry.py is the one list of what exists)."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    props = schema["properties"]
+    props["rl"]["properties"]["algos"]["items"]["enum"] = list(RL_METHODS)
+    props["rm"]["properties"]["models"]["items"]["enum"] = list(REWARD_MODELS)
+    schema["$defs"]["implicit_block"]["properties"]["loss"]["items"]["enum"] = list(IMPLICIT_LOSSES)
+    props["ablations"]["properties"]["factors"]["properties"]["loss"]["enum"] = list(IMPLICIT_LOSSES)
+    return schema
+
+
 def validate_config(cfg: dict, source: str = "config") -> dict:
     """Raise ConfigError listing every problem as `<source>: config key a.b.c: message`."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    schema = load_schema()
     errors = sorted(Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
     errors = [x for e in errors for x in _closest_form(e)]
     problems = []
@@ -150,25 +166,29 @@ def semantic_problems(cfg: dict) -> list[str]:
             problems.append(f"config key search.verifiers: {v!r} is not a trained reward model (rm.models)")
     if "orm" not in rm_models:
         problems.append("config key rm.models: the ORM ('orm') is needed: it picks best-of-N and beam answers")
-    if sc.get("alpha") is not None and any(not v.startswith("pav") for v in sc["verifiers"]):
+    if sc.get("alpha") is not None and any(v in REWARD_MODELS and reward_model_kind(v) != "pav" for v in sc["verifiers"]):
         problems.append("config key search.alpha: applies to PAV verifiers only")
     rl = cfg["rl"]
-    kinds = {"pav": ("pav", "a PAV"), "prime_frozen": ("implicit_", "an implicit PRM"),
-             "prime": ("implicit_", "an implicit PRM")}
-    keys = {"pav": "rl.pav.rm", "prime_frozen": "rl.prime.frozen_prm", "prime": "rl.prime.prm_init"}
     for algo in rl["algos"]:
+        spec = RL_METHODS[algo]
+        if spec.reward_model_key is None:
+            continue
         name = rl_reward_model(cfg, algo)
-        if algo in kinds and name is not None:
-            prefix, kind = kinds[algo]
-            if name not in rm_models or not name.startswith(prefix):
-                problems.append(f"config key {keys[algo]}: {name!r} must be {kind} reward model listed in "
-                                f"rm.models {rm_models}")
-        elif algo in ("pav", "prime_frozen"):
-            problems.append(f"config key {keys[algo]}: required when rl.algos has {algo!r}")
-    lo, hi = rl.get("prime", {}).get("acc_band", [0.0, 1.0])
+        if name is not None:
+            if name not in rm_models or reward_model_kind(name) != spec.reward_model_kind:
+                problems.append(f"config key rl.{spec.reward_model_key}: {name!r} must be "
+                                f"{KIND_NOUNS[spec.reward_model_kind]} listed in rm.models {rm_models}")
+        elif spec.reward_model_none is None:
+            problems.append(f"config key rl.{spec.reward_model_key}: required when rl.algos has {algo!r}")
+    claimed = method_sections()
+    for key, value in rl.items():  # a section no method claims would reach every method's jobs
+        if isinstance(value, dict) and key not in claimed:
+            problems.append(f"config key rl.{key}: a method section that no method in pipeline/registry.py "
+                            "lists in its RLMethodSpec.sections")
+    lo, hi = rl["prime"]["acc_band"]
     if lo > hi:
         problems.append(f"config key rl.prime.acc_band: [{lo}, {hi}] is empty (min > max)")
-    if rl.get("reference", "rloo") not in rl["algos"] and "reference" in rl:
+    if "reference" in rl and rl["reference"] not in rl["algos"]:
         problems.append(f"config key rl.reference: {rl['reference']!r} is not in rl.algos {rl['algos']}")
     if "table2" in targets(cfg):  # only presets that run RL need its prompts and validation split
         for need in ("train", "val"):
@@ -205,7 +225,6 @@ ABLATION_AXES = {
 AXIS_TYPES = {"loss": str, "beta": float, "responses_per_instruction": int, "instruction_frac": float,
               "n_mc": int, "n_cov": int, "prover_k": int, "alpha": float, "k": int, "data_policy": str,
               "dedup": bool, "step_labels": bool}
-PAIR_LOSSES = ("dpo", "nca")  # implicit-PRM losses trained on (correct, incorrect) pairs of one instruction
 
 
 def ablation_defaults(cfg: dict, grid: str) -> dict:
@@ -217,8 +236,8 @@ def ablation_defaults(cfg: dict, grid: str) -> dict:
                          "responses_per_instruction": cfg["rollouts"]["n_samples"], "instruction_frac": 1.0},
         "mc_label": {"n_mc": cfg["mc_label"]["n_mc"], "n_cov": cfg["mc_label"]["n_cov"],
                      "prover_k": cfg["rm"]["pav_prover_k"]},
-        "pav_rl": {"alpha": rl.get("pav", {}).get("alpha", 3.0)},
-        "vineppo": {"k": rl.get("vineppo_k", 9)},
+        "pav_rl": {"alpha": rl["pav"]["alpha"]},
+        "vineppo": {"k": rl["vineppo"]["k"]},
         "factors": {"data_policy": cfg["rm"]["data_policy"], "dedup": False, "step_labels": False},
     }[grid]
 
@@ -287,25 +306,18 @@ def ablation_problems(cfg: dict, names: set[str]) -> list[str]:
                 problems.append(f"config key ablations.factors.loss: {loss!r} trains on pairs; step labels need a "
                                 "per-response loss (ce, ce_inst, ce_data or kto)")
         elif grid == "pav_rl":
-            rm_name = cfg["rl"].get("pav", {}).get("rm")
-            if not rm_name or not rm_name.startswith("pav"):
+            rm_name = cfg["rl"]["pav"].get("rm")
+            if not rm_name or rm_name not in REWARD_MODELS or reward_model_kind(rm_name) != "pav":
                 problems.append(f"config key {key}: PAV-RL cells read the PAV named by rl.pav.rm, which is "
                                 f"{rm_name!r}; set it to 'pav'")
     return problems
 
 
 def rl_reward_model(cfg: dict, algo: str) -> str | None:
-    """The trained reward model (a name in rm.models) an RL algorithm reads, or None: PAV-RL's
+    """The trained reward model (a name in rm.models) an RL method reads, or None: PAV-RL's
     PAV, the frozen implicit PRM of PRIME without online update, PRIME's PRM init when it names
-    one (`policy`, the default, starts the PRM from the base policy)."""
-    rl = cfg["rl"]
-    if algo == "pav":
-        return rl.get("pav", {}).get("rm")
-    if algo == "prime_frozen":
-        return rl.get("prime", {}).get("frozen_prm")
-    if algo == "prime" and rl.get("prime", {}).get("prm_init", "policy") != "policy":
-        return rl["prime"]["prm_init"]
-    return None
+    one (`policy`, the default, starts the PRM from the base policy). From the registry."""
+    return _method_reward_model(cfg["rl"], algo)
 
 
 def merge_configs(base: dict, overlay: dict) -> dict:

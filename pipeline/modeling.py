@@ -60,6 +60,23 @@ def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = Fal
     return model, tokenizer
 
 
+def load_scalar_head_model(path: str, dropout: float = 0.1, trust_remote_code: bool = False):
+    """(model, tokenizer): a policy's backbone with one scalar output per position (a token-
+    classification head with one label, freshly initialised): reward-model heads and PPO's
+    value network. `dropout` acts on the hidden states under the head in training (0.1 is
+    transformers' default for such heads; the released VinePPO critic turns it off)."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=trust_remote_code)
+    config.classifier_dropout = float(dropout)
+    model = AutoModelForTokenClassification.from_pretrained(path, config=config, trust_remote_code=trust_remote_code)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
 def param_count_from_config(path: str, trust_remote_code: bool = False) -> int:
     """Parameter count of a model directory or hub id without loading its weights (the model
     is built on the meta device). Used where an engine such as vLLM holds the real weights."""

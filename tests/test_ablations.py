@@ -285,7 +285,7 @@ def test_mc_grid_shares_seed_rollouts_and_labels_across_prover_k(tmp_path):
 
 def test_rl_grids_share_the_base_policy_and_the_pav(tmp_path):
     rl = load_preset()["rl"]
-    alpha, k = rl["pav"]["alpha"], rl["vineppo_k"]
+    alpha, k = rl["pav"]["alpha"], rl["vineppo"]["k"]
     grid = overlay(tmp_path, {"ablations": {"pav_rl": {"seeds": [0], "grid": {"alpha": [alpha, alpha + 1, alpha + 2]}},
                                             "vineppo": {"seeds": [0], "grid": {"k": [k, k + 1]}}}})
     jobs = planned_jobs(tmp_path, "results/ablations/pav_rl.csv", "results/ablations/vineppo.csv", "--configfile", grid)

@@ -1,4 +1,4 @@
-"""Advantages and policy losses (`pipeline/advantages.py`) against hand computation."""
+"""Advantages and policy losses (pipeline/rl/losses.py and each method's module) against hand computation."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pipeline.advantages import (OUTCOME_ADVANTAGES, grpo_advantages, kl_k3, masked_mean, ppo_clip_loss,
+from pipeline.rl.losses import (OUTCOME_ADVANTAGES, grpo_advantages, kl_k3, masked_mean, ppo_clip_loss,
                                  rloo_advantages)
 
 # --------------------------------------------------------------------------- RLOO
@@ -197,7 +197,7 @@ def test_ppo_on_policy_loss_is_minus_mean_advantage():
 # ---- dense-reward advantages (issue 5), by hand ----
 
 def test_prime_advantages_by_hand():
-    from pipeline.advantages import prime_advantages
+    from pipeline.rl.prime import prime_advantages
     # y1 token rewards [1, 3] (mean 2), y2 [0.5] (mean 0.5); outcomes [1, 0]
     # baselines: y1 -> mean of others' means = 0.5; y2 -> 2. Outcome RLOO: [1, -1]
     a1, a2 = prime_advantages([torch.tensor([1.0, 3.0]), torch.tensor([0.5])], torch.tensor([1.0, 0.0]), gamma=1.0)
@@ -211,13 +211,13 @@ def test_prime_advantages_by_hand():
 
 
 def test_discounted_returns_by_hand():
-    from pipeline.advantages import discounted_returns
+    from pipeline.rl.losses import discounted_returns
     # r = [1, 0, 2], gamma 0.5: G2 = 2, G1 = 0 + 1 = 1, G0 = 1 + 0.5 = 1.5
     assert discounted_returns(torch.tensor([1.0, 0.0, 2.0]), 0.5).tolist() == pytest.approx([1.5, 1.0, 2.0])
 
 
 def test_vineppo_step_advantages_by_hand_including_the_terminal_step():
-    from pipeline.advantages import vineppo_step_advantages
+    from pipeline.rl.vineppo import vineppo_step_advantages
     # V(x) = 0.5, V(s_2) = 0.75, V(s_3) = 0.25; outcome 1:
     # A = [0.75 - 0.5, 0.25 - 0.75, 1 - 0.25] = [0.25, -0.5, 0.75], summing to outcome - V(x)
     adv = vineppo_step_advantages([0.5, 0.75, 0.25], 1.0)
@@ -226,25 +226,39 @@ def test_vineppo_step_advantages_by_hand_including_the_terminal_step():
 
 
 def test_step_to_token_broadcasts_each_step():
-    from pipeline.advantages import step_to_token
+    from pipeline.rl.losses import step_to_token
     # steps end after tokens 2, 5, 6; the 7th token (EOS) belongs to the last step
     assert step_to_token([1.0, 2.0, 3.0], [2, 5, 6], 7).tolist() == [1, 1, 2, 2, 2, 3, 3]
 
 
 def test_jepo_advantages_by_hand():
-    from pipeline.advantages import jepo_advantages
+    from pipeline.rl.jepo import jepo_advantages
     lp = torch.tensor([-1.0, -2.0, -3.0, -6.0])
     # leave-one-out: -1 + 11/3, -2 + 10/3, -3 + 3, -6 + 2 = [2.667, 1.333, 0, -4]
     raw = jepo_advantages(lp, normalize=False, clip=None)
     assert raw.tolist() == pytest.approx([8 / 3, 4 / 3, 0.0, -4.0], abs=1e-5)
-    # std (n-1) of lp = sqrt(14/3) = 2.1602 -> [1.2344, 0.6172, 0, -1.8516] -> clipped to [-1, 1]
-    assert jepo_advantages(lp).tolist() == pytest.approx([1.0, 0.61721, 0.0, -1.0], abs=1e-4)
+    # JEPO App. B.2 divides the *advantages* by their std: mean 0, unbiased var (64/9 + 16/9 + 0 + 16) / 3
+    # = 8.2963, std 2.88033 -> [0.92582, 0.46291, 0, -1.38873] -> clipped to [-1, 1]
+    # (dividing by std(R) = sqrt(14/3) instead, the old code, gave [1.0, 0.61721, 0, -1])
+    assert jepo_advantages(lp).tolist() == pytest.approx([0.92582, 0.46291, 0.0, -1.0], abs=1e-4)
+
+
+def test_jepo_normalises_the_advantages_not_the_rewards():
+    """The audit's examples (Tang et al. App. B.2: clip(A_i / std(A), -1, 1))."""
+    from pipeline.rl.jepo import jepo_weights
+    # Jensen, R = [-3, -1, -7, -2.5]: A = [0.5, 3.1667, -4.8333, 1.1667], std(A) = 3.41565
+    adv, _ = jepo_weights(torch.tensor([-3.0, -1.0, -7.0, -2.5]))
+    assert adv.tolist() == pytest.approx([0.146, 0.927, -1.0, 0.342], abs=1e-3)
+    # multi-sample, R = [-40, -1, -2, -30]: VIMCO terms [-0.2877, 1.0256, 0.0256, -0.2877], their std
+    # 0.62223 -> [-0.462, 1.648 -> 1.0, 0.041, -0.462] (divided by std(R) = 19.5 they were ~19x smaller)
+    adv, _ = jepo_weights(torch.tensor([-40.0, -1.0, -2.0, -30.0]), multisample=True)
+    assert adv.tolist() == pytest.approx([-0.462, 1.0, 0.041, -0.462], abs=1e-3)
 
 
 def test_jepo_multisample_terms_by_hand():
     import math
 
-    from pipeline.advantages import jepo_multisample_terms
+    from pipeline.rl.jepo import jepo_multisample_terms
     # p = [0.5, 0.25]: L = log 0.375; leave-one-out bounds log 0.25, log 0.5 -> A = [log 1.5, log 0.75]
     adv, w = jepo_multisample_terms(torch.log(torch.tensor([0.5, 0.25])))
     assert adv.tolist() == pytest.approx([math.log(1.5), math.log(0.75)], abs=1e-6)
@@ -252,36 +266,40 @@ def test_jepo_multisample_terms_by_hand():
 
 
 def test_accuracy_band_keeps_groups_with_mixed_outcomes():
-    from pipeline.advantages import accuracy_band
+    from pipeline.rl.prime import accuracy_band
     r = torch.tensor([[1.0, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]])
     assert accuracy_band(r, 0.2, 0.8).tolist() == [False, True, False, True]
     # inclusive edges: 1 of 5 solved is exactly 0.2
     assert accuracy_band(torch.tensor([[1.0, 0, 0, 0, 0], [1, 1, 1, 1, 0]]), 0.2, 0.8).tolist() == [True, True]
 
 
-def test_prime_advantages_with_grpo_outcome_term_by_hand():
-    from pipeline.advantages import prime_advantages
-    # token rewards means 2, 0.5, 0 -> leave-one-out baselines 0.25, 1.0, 1.25
-    # process returns (gamma 1): [3.5, 2.75], [-0.5], [-1.25]
+def test_prime_advantages_with_grpo_base_follow_eq7_by_hand():
+    from pipeline.rl.prime import prime_advantages
+    # PRIME v2 eq. 7: token rewards normalised by the group's mean and std of rbar^j = r_phi(y^j)/|y^j|.
+    # rbar = [2, 0.5, 0]: mean 0.83333, unbiased std sqrt(((7/6)^2 + (1/3)^2 + (5/6)^2) / 2) = 1.040833
+    # normalised tokens: [0.160128, 2.081666], [-0.320256], [-0.800641]; returns (gamma 1):
+    # [2.241794, 2.081666], [-0.320256], [-0.800641]
     # GRPO on outcomes [1, 0, 0]: mean 1/3, unbiased std sqrt(1/3) -> [1.1547, -0.57735, -0.57735]
     a = prime_advantages([torch.tensor([1.0, 3.0]), torch.tensor([0.5]), torch.tensor([0.0])],
-                         torch.tensor([1.0, 0.0, 0.0]), gamma=1.0, outcome_adv="grpo")
-    assert a[0].tolist() == pytest.approx([4.6547, 3.9047], abs=1e-4)
-    assert a[1].tolist() == pytest.approx([-1.07735], abs=1e-4)
-    assert a[2].tolist() == pytest.approx([-1.82735], abs=1e-4)
-    with pytest.raises(ValueError, match="outcome advantage"):
-        prime_advantages([torch.tensor([1.0]), torch.tensor([0.0])], torch.tensor([1.0, 0.0]), outcome_adv="ppo")
+                         torch.tensor([1.0, 0.0, 0.0]), gamma=1.0, base="grpo")
+    assert a[0].tolist() == pytest.approx([3.39649, 3.23637], abs=1e-4)
+    assert a[1].tolist() == pytest.approx([-0.89761], abs=1e-4)
+    assert a[2].tolist() == pytest.approx([-1.37799], abs=1e-4)
+    # the old code swapped only the outcome term: the process term kept RLOO's raw returns
+    assert a[0].tolist() != pytest.approx([4.6547, 3.9047], abs=1e-3)
+    with pytest.raises(ValueError, match="base algorithm"):
+        prime_advantages([torch.tensor([1.0]), torch.tensor([0.0])], torch.tensor([1.0, 0.0]), base="ppo")
 
 
 def test_pav_step_advantages_by_hand():
-    from pipeline.advantages import pav_step_advantages
+    from pipeline.rl.pav import pav_step_advantages
     # outcome advantage 0.5 on every step, plus alpha * prover advantage of the step
     assert pav_step_advantages(0.5, [0.2, -0.4], 3.0) == pytest.approx([1.1, -0.7])
     assert pav_step_advantages(-0.25, [0.1], 0.0) == pytest.approx([-0.25])
 
 
 def test_jepo_weights_jensen_and_multisample_by_hand():
-    from pipeline.advantages import jepo_advantages, jepo_weights
+    from pipeline.rl.jepo import jepo_advantages, jepo_weights
     lp = torch.log(torch.tensor([0.5, 0.25]))
     adv, w = jepo_weights(lp)
     assert adv.tolist() == pytest.approx(jepo_advantages(lp).tolist()) and w.tolist() == [1.0, 1.0]
@@ -295,7 +313,7 @@ def test_jepo_weights_jensen_and_multisample_by_hand():
 
 
 def test_jepo_loss_by_hand():
-    from pipeline.advantages import jepo_loss
+    from pipeline.rl.jepo import jepo_loss
     logp = torch.log(torch.tensor([[0.5, 0.5, 0.25, 0.9]]))
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # last position is padding
     cot = torch.tensor([[1.0, 1.0, 0.0, 0.0]])

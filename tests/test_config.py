@@ -18,7 +18,7 @@ def with_change(change: dict) -> dict:
 
 def test_presets_are_valid():
     assert validate_config(copy.deepcopy(TINY))["rl"]["algos"] == [
-        "rloo", "grpo", "prime", "prime_frozen", "pav", "vineppo", "jepo"]
+        "rloo", "grpo", "prime", "prime_frozen", "pav", "vineppo", "ppo", "jepo"]
     assert len(TINY["rl"]["seeds"]) >= 3  # fair comparison: at least three seeds per method
     smoke = load_preset(REPO / "config" / "smoke.yaml")
     assert smoke["rl"]["iterations"] == 6 and smoke["rl"]["lr"] == TINY["rl"]["lr"]  # overlay keeps the rest
@@ -35,7 +35,7 @@ def test_merge_is_recursive_and_replaces_lists():
     ({"rl": {"lr": "fast"}}, "config key rl.lr: 'fast' is not of type 'number'"),
     ({"rl": {"lr": -1}}, "config key rl.lr"),
     ({"rl": {"samples_per_prompt": 1}}, "config key rl.samples_per_prompt"),
-    ({"rl": {"algos": ["ppo"]}}, "config key rl.algos.0"),
+    ({"rl": {"algos": ["trpo"]}}, "config key rl.algos.0"),
     ({"sampling": {"backend": "tgi"}}, "config key sampling.backend"),
     ({"sft": {"tiers": {"weak": 1.5}}}, "config key sft.tiers.weak"),
     ({"rl": {"base_policy": "huge"}}, "config key rl.base_policy: unknown policy 'huge'"),
@@ -52,7 +52,7 @@ def test_merge_is_recursive_and_replaces_lists():
     ({"rl": {"prime": {"prm_init": "implicit_zzz"}}}, "config key rl.prime.prm_init: 'implicit_zzz'"),
     ({"rl": {"prime": {"acc_band": [0.8, 0.2]}}}, "config key rl.prime.acc_band: [0.8, 0.2] is empty"),
     ({"rl": {"prime": {"base": "ppo"}}}, "config key rl.prime.base"),
-    ({"rl": {"reference": "ppo"}}, "config key rl.reference: 'ppo' is not in rl.algos"),
+    ({"rl": {"reference": "trpo"}}, "config key rl.reference: 'trpo' is not in rl.algos"),
     ({"rl": {"seeds": []}}, "config key rl.seeds"),
     ({"rl": {"jepo": {"sup_coef": -1}}}, "config key rl.jepo.sup_coef"),
 ])

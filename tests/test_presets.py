@@ -22,7 +22,7 @@ PRESETS = {
     "prime": {"data_prep": 1, "rl": 2, "evaluate": 3, "table2": 1},
     "pav": {"data_prep": 1, "rollouts": 2, "mc_label": 1, "train_rm": 3, "bon_pool": 3, "score_pool": 3,
             "verify_tables": 1, "beam_search": 3, "table3": 1, "rl": 2, "evaluate": 3, "table2": 1},
-    "vineppo": {"data_prep": 1, "rl": 2, "evaluate": 3, "table2": 1},
+    "vineppo": {"data_prep": 1, "rl": 3, "evaluate": 4, "table2": 1},
 }
 TRAINING = ("rm", "rl")
 
@@ -167,10 +167,13 @@ def test_pav_published_setting():
 def test_vineppo_published_setting():
     cfg = preset("vineppo")
     rl = cfg["rl"]
-    assert rl["vineppo_k"] == 9
+    assert rl["vineppo"]["k"] == 9
     assert (rl["prompts_per_iter"], rl["samples_per_prompt"]) == (64, 8)  # 64 prompts x 8 episodes
     assert rl["clip_eps"] == 0.2 and rl["kl_coef"] == 1e-4 and rl["lr"] == 1e-6
-    assert rl["algos"] == ["rloo", "vineppo"]
+    assert rl["algos"] == ["rloo", "ppo", "vineppo"]  # PPO with a value network: the paper's baseline
+    # the released trainer (ppo_MATH.jsonnet): whitened advantages, KL summed over a sequence's tokens
+    assert rl["whiten_advantages"] is True and rl["kl_reduction"] == "sequence_sum"
+    assert rl["ppo"] == {"gamma": 1.0, "lam": 0.96, "critic_lr": 1e-6, "value_clip": 0.2}
     assert cfg["policies"][rl["base_policy"]] == "realtreetune/deepseekmath-7b-sft-MATH-v2"
     assert cfg["task"]["sources"]["train"]["name"] == "math"
 

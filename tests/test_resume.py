@@ -40,14 +40,15 @@ def metrics(out: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("algo, iters, kill_at", [("rloo", 8, 4), ("prime", 4, 2), ("prime_frozen", 4, 2),
-                                                  ("pav", 4, 2), ("vineppo", 4, 2), ("jepo", 4, 2), ("grpo", 4, 2)])
+                                                  ("pav", 4, 2), ("vineppo", 4, 2), ("jepo", 4, 2), ("grpo", 4, 2),
+                                                  ("ppo", 4, 2)])
 def test_rl_resumes_after_kill_and_matches_uninterrupted_run(smoke_dir, tmp_path, algo, iters, kill_at):
     """Every method: SIGKILL after a checkpoint, rerun, and the result equals an uninterrupted
     run's (PRIME also restores its online PRM and its optimizer from the same checkpoint)."""
     cfg = load_preset(SMOKE)
     cfg["rl"].update(iterations=iters, checkpoint_every=2 if algo == "rloo" else 1, eval_every=4)
     if algo != "rloo":
-        cfg["rl"].update(prompts_per_iter=8, vineppo_k=2)
+        cfg["rl"].update(prompts_per_iter=8, vineppo={"k": 2})
 
     # the uninterrupted reference runs beside the one that gets killed (one thread each)
     full_out = tmp_path / "full"
@@ -109,7 +110,7 @@ def test_vineppo_values_and_step_advantages_on_the_smoke_policy(smoke_dir):
     """VinePPO's advantages from real MC values of the smoke medium policy: constant within a
     step, telescoping to outcome - V(x) over the steps, and every auxiliary completion counted."""
     from pipeline.modeling import load_policy
-    from pipeline.rl import vineppo_token_advantages
+    from pipeline.rl.vineppo import vineppo_token_advantages
     from pipeline.sampler import HFSampler
     from pipeline.steps import split_steps_with_ends, step_token_ends
     from pipeline.task import format_prompt, judge
@@ -151,7 +152,7 @@ def test_vineppo_values_and_step_advantages_on_the_smoke_policy(smoke_dir):
 def test_vineppo_runs_in_the_rl_loop_and_counts_auxiliary_samples(smoke_dir, tmp_path):
     cfg = load_preset(SMOKE)
     cfg["rl"].update(iterations=2, checkpoint_every=5, eval_every=2, prompts_per_iter=4, samples_per_prompt=2,
-                     vineppo_k=2)
+                     vineppo={"k": 2})
     cmd = rl_cmd(cfg, smoke_dir, tmp_path / "out", tmp_path / "ck")
     cmd[cmd.index("rloo")] = "vineppo"
     subprocess.run(cmd, check=True, capture_output=True)

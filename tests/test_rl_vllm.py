@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import pipeline.rl as rl_module
+import pipeline.rl.train as rl_module
 from pipeline.config import load_preset
 from pipeline.modeling import load_policy
 from pipeline.sampler import HFSampler, VLLMSampler

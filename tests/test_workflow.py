@@ -45,7 +45,7 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
     res = smoke_dir / "results"
     table = pd.read_csv(res / "table2.csv")
     rl = cfg["rl"]
-    assert list(table["method"]) == ["base", "rloo", "grpo", "prime", "prime_frozen", "pav", "vineppo", "jepo"]
+    assert list(table["method"]) == ["base", "rloo", "grpo", "prime", "prime_frozen", "pav", "vineppo", "ppo", "jepo"]
     assert list(table["method"]) == ["base"] + rl["algos"]
     for col in ["test", "ood", "avg", "spread", "test_greedy", "ood_greedy", "train_samples", "train_flops", "wall_s",
                 "iters_to_target", "samples_to_target", "efficiency_vs_ref", "n_seeds"]:
@@ -64,7 +64,8 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
     assert (res / "plots" / "rl_val_curves.png").stat().st_size > 10_000
     # each method's own signals are logged per iteration
     own = {"prime": ["kept_frac", "prm_loss", "process_reward_mean", "process_adv_abs", "outcome_adv_abs"], "prime_frozen": ["kept_frac"],
-           "pav": ["prover_adv_mean"], "jepo": ["answer_logp_mean"], "vineppo": ["aux_samples"]}
+           "pav": ["prover_adv_mean"], "jepo": ["answer_logp_mean"], "vineppo": ["aux_samples"],
+           "ppo": ["value_loss", "value_mean", "value_mse"]}
     for algo in rl["algos"]:
         rows = [json.loads(line) for line in (res / "rl" / algo / "s0" / "metrics.jsonl").read_text().splitlines()]
         assert [m["iteration"] for m in rows] == list(range(rl["iterations"] + 1)), algo
@@ -172,9 +173,9 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     # an RL knob: every RL run, its evaluation and the table; not data, SFT, base eval
     rl_change = overlay(tmp_path, "rl", {"rl": {"lr": 0.0002}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rl_change)) == {
-        "rl": 7, "evaluate": 7, "table2": 1}
+        "rl": 8, "evaluate": 8, "table2": 1}
     # one method's knob reruns that method only
-    for change in ({"vineppo_k": 3}, {"pav": {"alpha": 1.0}}, {"jepo": {"sup_coef": 0.5}}):
+    for change in ({"vineppo": {"k": 3}}, {"pav": {"alpha": 1.0}}, {"jepo": {"sup_coef": 0.5}}, {"ppo": {"lam": 0.9}}):
         assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(overlay(tmp_path, "one", {"rl": change}))) == {
             "rl": 1, "evaluate": 1, "table2": 1}, change
     # PRIME's knobs rerun PRIME and its frozen-PRM ablation
@@ -184,10 +185,13 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     fewer = overlay(tmp_path, "fewer", {"rl": {"algos": ["rloo", "jepo"]}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(fewer)) == {"table2": 1}
     seed = overlay(tmp_path, "seed", {"rl": {"seeds": [0, 1]}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(seed)) == {"rl": 7, "evaluate": 8, "table2": 1}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(seed)) == {"rl": 8, "evaluate": 9, "table2": 1}
+    # the sample-efficiency reference is the table's: no RL job reads it
+    ref = overlay(tmp_path, "ref", {"rl": {"reference": "grpo"}})
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ref)) == {"table2": 1}
     # an eval knob: every evaluation and the table only
     eval_change = overlay(tmp_path, "ev", {"eval": {"k": 3}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(eval_change)) == {"evaluate": 8, "table2": 1}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(eval_change)) == {"evaluate": 9, "table2": 1}
     # a rollouts knob: the rollouts and the MC labels built on them
     ro_change = overlay(tmp_path, "ro", {"rollouts": {"n_samples": 3}})
     # (and PAV-RL and PRIME-frozen, which read reward models trained on them)

@@ -281,10 +281,8 @@ if ABL_RL_GRIDS:
         algo, axis = RL_GRID_ALGO[wc.rlgrid]
         value = AXIS_TYPES[axis](RL_SPACES[wc.rlgrid].instance(wc)[axis])
         rl = rl_view(algo)
-        if algo == "pav":
-            rl["pav"] = {**rl.get("pav", {}), "alpha": value}
-        else:
-            rl["vineppo_k"] = value
+        section, key = {"pav": ("pav", "alpha"), "vineppo": ("vineppo", "k")}[algo]
+        rl[section] = {**rl[section], key: value}
         return rl_cfg(algo, rl)
 
     def abl_rl_rm(wc):

@@ -1,10 +1,9 @@
+from pipeline.registry import OUTCOME_LABELLED_KINDS, REWARD_MODELS
+
 RM = config["rm"]
 # model name -> (kind, MC-PRM label, implicit loss): every reward model goes through one rule
-RM_SPECS = {"orm": ("orm", "se", "ce"), "prm_he": ("prm", "he", "ce"), "prm_se": ("prm", "se", "ce"),
-            "pav": ("pav", "se", "ce")}
-RM_SPECS.update({f"implicit_{loss}": ("implicit", "se", loss)
-                 for loss in ("ce", "ce_inst", "ce_data", "dpo", "kto", "nca")})
-OUTCOME_LABELLED = ("orm", "implicit")  # trained on seed rollouts' outcomes, not on MC labels
+RM_SPECS = {name: (s.kind, s.label, s.loss) for name, s in REWARD_MODELS.items()}
+OUTCOME_LABELLED = OUTCOME_LABELLED_KINDS  # trained on seed rollouts' outcomes, not on MC labels
 RM_TRAIN_ROLLOUTS = f"{OUT}/rollouts/{RM['data_policy']}/{config['mc_label']['split']}"
 RM_MC_LABELS = f"{OUT}/mc/{RM['data_policy']}/{config['mc_label']['split']}"
 

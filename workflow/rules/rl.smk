@@ -1,15 +1,14 @@
+from pipeline.registry import method_view
+
 RL_ALGOS = list(config["rl"]["algos"])
 RL_SEEDS = [int(s) for s in config["rl"]["seeds"]]
-# rl keys read by some algorithms only: every other algorithm's job does not see them, so
-# adding a method to rl.algos or tuning one reruns no other
-METHOD_KEYS = {"vineppo_k": ("vineppo",), "prime": ("prime", "prime_frozen"), "pav": ("pav",), "jepo": ("jepo",),
-               "seeds": ()}
 
 
 def rl_view(algo):
-    """The rl section as one algorithm sees it: without the list of algorithms and seeds and
-    without other methods' keys (also the base of the RL ablation cells)."""
-    return {k: v for k, v in config["rl"].items() if k != "algos" and algo in METHOD_KEYS.get(k, (algo,))}
+    """The rl section as one method's jobs see it (pipeline.registry.method_view): the shared
+    keys and the method's own sections only, so adding a method to rl.algos or tuning one
+    reruns no other (also the base of the RL ablation cells)."""
+    return method_view(config["rl"], algo)
 
 
 def rl_cfg(algo, rl=None):
@@ -30,8 +29,9 @@ def rl_rm_arg(wc):
 
 
 rule rl:
-    """Online RL (RLOO / GRPO / PRIME / PRIME frozen / PAV-RL / VinePPO / JEPO) from the base
-    policy, one job per algorithm and seed; resumes from its checkpoint."""
+    """Online RL (every method in pipeline/registry.py: RLOO, GRPO, PRIME, PRIME frozen, PAV-RL,
+    VinePPO, PPO, JEPO) from the base policy, one job per method and seed; resumes from its
+    checkpoint."""
     input:
         policy=policy_input(config["rl"]["base_policy"]),
         train=f"{OUT}/data/train.jsonl",

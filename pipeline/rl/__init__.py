@@ -1,0 +1,4 @@
+"""Online RL: one iteration loop (`train.py`, the stage `python -m pipeline.rl`) and one module
+per method behind the `Method` interface of `base.py`; `losses.py` holds the pieces every method
+shares. Which methods exist is `pipeline.registry.RL_METHODS`. Nothing is imported here, so the
+workflow can read the registry without torch."""

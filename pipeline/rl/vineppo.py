@@ -1,0 +1,67 @@
+"""VinePPO (Kazemnejad et al. 2024): PPO without a value network. From every step boundary,
+`rl.vineppo.k` auxiliary completions under the *current* policy give V_hat(s_h) (V(x) shared by
+a prompt's responses); A_h = V(s_{h+1}) - V(s_h), the outcome in place of V after the last step,
+on every token of step h. Completions of one prefix share its computation, and every auxiliary
+token counts as the method's compute."""
+from __future__ import annotations
+
+import torch
+
+from ..mc_label import prefix_success_counts
+from .base import Method, Rollouts, TrainBatch, response_step_token_ends
+from .losses import step_to_token
+
+
+def vineppo_step_advantages(values: list[float], outcome: float) -> list[float]:
+    """A_h = r_h + V(s_{h+1}) - V(s_h), gamma = 1, r_h = 0 except the last step's outcome,
+    terminal value 0. `values[h]` = V(s_h) is the MC value of the state *before* step h
+    (values[0] = V(x))."""
+    H = len(values)
+    return [(outcome if h == H - 1 else values[h + 1]) - values[h] for h in range(H)]
+
+
+def vineppo_token_advantages(sampler, encoded: list[list[int]], records: list[dict], gens, rewards: torch.Tensor,
+                             task_cfg: dict, *, k_aux: int, temperature: float, max_new_tokens: int,
+                             seed: int) -> tuple[list[torch.Tensor], list[list[float]]]:
+    """VinePPO's per-token advantages for gens[p][k] (P prompts x K responses), and each
+    response's state values [V(x), V(s_2), ..., V(s_H)]. A value is the mean outcome of k_aux
+    completions of the prefix under the sampler's (current) policy, each held to the response
+    budget `max_new_tokens` counted from the start of the response."""
+    tok = sampler.tokenizer
+    delim = task_cfg["step_delimiter"]
+    prefixes = [list(ids) for ids in encoded]          # V(x): one per prompt, shared by its K responses
+    owners: list[tuple[int, int | None, int]] = [(p, None, 0) for p in range(len(encoded))]
+    plan = []
+    for p, gs in enumerate(gens):
+        for k, g in enumerate(gs):
+            tends = response_step_token_ends(tok, g, delim)
+            plan.append((p, k, tends))
+            for h in range(1, len(tends)):
+                if tends[h - 1] < max_new_tokens:
+                    prefixes.append(encoded[p] + list(g.token_ids[:tends[h - 1]]))
+                    owners.append((p, k, h))
+    wins = prefix_success_counts(sampler, prefixes, [len(encoded[p]) for p, _, _ in owners],
+                                 [records[p] for p, _, _ in owners], task_cfg, n=k_aux, temperature=temperature,
+                                 max_new_tokens=max_new_tokens, seed=seed, response_budget=max_new_tokens,
+                                 desc="vineppo values")
+    values = {owner: w / k_aux for owner, w in zip(owners, wins)}
+    adv_tok, all_values = [], []
+    for p, k, tends in plan:
+        n_tok, outcome = len(gens[p][k].token_ids), float(rewards[p, k])
+        v = [values[(p, None, 0)]] + [values.get((p, k, h), 0.0) for h in range(1, len(tends))]
+        all_values.append(v)
+        if not tends:  # no step at all: the whole response is one step from the prompt
+            adv_tok.append(torch.full((n_tok,), outcome - v[0]))
+            continue
+        adv_tok.append(step_to_token(vineppo_step_advantages(v, outcome), tends, n_tok))
+    return adv_tok, all_values
+
+
+class VinePPO(Method):
+    def batch(self, ro: Rollouts, compute) -> TrainBatch:
+        rl = self.ctx.rl
+        adv_tok, _ = vineppo_token_advantages(ro.sampler, ro.encoded, ro.records, ro.gens, ro.rewards, self.ctx.task,
+                                              k_aux=int(rl["vineppo"]["k"]), temperature=float(rl["temperature"]),
+                                              max_new_tokens=int(self.ctx.sampling["max_new_tokens"]),
+                                              seed=self.ctx.seed * 104_729 + ro.iteration)
+        return TrainBatch(ro.prompt_ids, ro.response_ids, adv_tok)
