@@ -21,7 +21,11 @@ the true prefix correctness, and locating the first wrong step ProcessBench-styl
 predicted first error is the first step scoring below a threshold (fit per model on its
 scores of the training rollouts, never on the test pools); accuracy on solutions with an
 error, on error-free solutions, their harmonic mean (F1), and accuracy on
-right-answer-wrong-process solutions, which an outcome label cannot catch.
+right-answer-wrong-process solutions, which an outcome label cannot catch. As in ProcessBench's
+reference evaluation, an accuracy over an empty class, and the F1 of a set missing either class,
+is nan (an empty cell in table4.csv, like every other undefined metric there); the threshold fit
+refuses a calibration set with one class. table4 has one row per reward model and no mean over
+rows; a mean of F1 values would have to skip nan cells and say how many it kept.
 """
 from __future__ import annotations
 
@@ -137,21 +141,41 @@ def predicted_first_error(step_scores: list[float], threshold: float) -> int | N
 
 def localisation(pred: list[int | None], truth: list[int | None]) -> dict:
     """ProcessBench's metric: accuracy of the exact first-error step on solutions with an error,
-    accuracy of "no error" on error-free ones, and their harmonic mean (F1)."""
+    accuracy of "no error" on error-free ones, and their harmonic mean (F1).
+
+    A class without samples has accuracy nan, and then F1 is nan too (ProcessBench's reference
+    evaluation gives nan there; 0.0 would read as a verifier that is always wrong). With both
+    classes present and both accuracies 0, F1 is 0 (the harmonic mean's limit)."""
     err = [p == t for p, t in zip(pred, truth) if t is not None]
     ok = [p is None for p, t in zip(pred, truth) if t is None]
     acc_err = sum(err) / len(err) if err else float("nan")
     acc_ok = sum(ok) / len(ok) if ok else float("nan")
-    f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if (acc_err + acc_ok) > 0 else 0.0
+    if not err or not ok:
+        f1 = float("nan")
+    else:
+        f1 = 2 * acc_err * acc_ok / (acc_err + acc_ok) if (acc_err + acc_ok) > 0 else 0.0
     return {"acc_error": acc_err, "acc_correct": acc_ok, "f1": f1, "n_error": len(err), "n_correct": len(ok)}
 
 
-def fit_threshold(step_scores: list[list[float]], truth: list[int | None]) -> float:
+def fit_threshold(step_scores: list[list[float]], truth: list[int | None], source: str | None = None) -> float:
     """The threshold maximising localisation F1 on (calibration) solutions: candidates are the
-    midpoints between consecutive distinct step scores, plus one below and one above them all."""
+    midpoints between consecutive distinct step scores, plus one below and one above them all.
+
+    F1 needs both classes: a set without solutions with an error, or without error-free ones,
+    raises ValueError (naming `source`, the calibration file, when given) instead of returning
+    an arbitrary candidate."""
+    where = f" ({source})" if source else ""
+    n_err = sum(t is not None for t in truth)
+    n_ok = len(truth) - n_err
+    if n_err == 0 or n_ok == 0:
+        missing = ("error-free solutions (first_error null)" if n_ok == 0
+                   else "solutions with an error (first_error set)")
+        raise ValueError(f"cannot fit a first-error threshold on the calibration set{where}: it has no {missing}; "
+                         f"it has {n_err} solutions with an error and {n_ok} error-free ones "
+                         f"(with steps), and localisation F1 is undefined without both classes")
     values = sorted({s for ss in step_scores for s in ss})
     if not values:
-        raise ValueError("no step scores to fit a threshold on")
+        raise ValueError(f"no step scores to fit a threshold on{where}")
     cands = [values[0] - 1.0] + [(a + b) / 2 for a, b in zip(values, values[1:])] + [values[-1] + 1.0]
     if len(cands) > 400:  # quantiles are plenty; keeps the fit linear in the data
         cands = [cands[int(i * (len(cands) - 1) / 399)] for i in range(400)]
@@ -310,13 +334,17 @@ def plot_table1(long: pd.DataFrame, path: str | Path) -> None:
     plt.close(fig)
 
 
-def table4(pools: dict[str, list[dict]], calib: dict[str, list[dict]], rms: list[str]) -> pd.DataFrame:
+def table4(pools: dict[str, list[dict]], calib: dict[str, list[dict]], rms: list[str],
+           calib_paths: dict[str, str] | None = None) -> pd.DataFrame:
     """Per reward model: step AUROC and first-error localisation on all generators' pools,
-    threshold fit on the calibration rows (`calib[rm]`: rows with `step_scores`, `first_error`)."""
+    threshold fit on the calibration rows (`calib[rm]`: rows with `step_scores`, `first_error`;
+    `calib_paths[rm]`, their file, names it in errors). Metrics undefined on these pools (a
+    class absent) are nan."""
     out = []
     for rm in rms:
         cal = [r for r in calib[rm] if r["step_scores"]]
-        thr = fit_threshold([r["step_scores"] for r in cal], [r["first_error"] for r in cal])
+        thr = fit_threshold([r["step_scores"] for r in cal], [r["first_error"] for r in cal],
+                            source=(calib_paths or {}).get(rm))
         rows, scores = [], []
         for gen_pools in pools.values():
             for pool in gen_pools:
@@ -372,14 +400,17 @@ def main(argv=None) -> None:
     plot_table1(long, args.plot)
     log.info("table1:\n%s", wide.to_string(index=False))
     if args.table4:
-        calib = {}
+        calib, calib_paths = {}, {}
         for rm, d in scores.items():
-            rows = read_jsonl(Path(d) / f"{args.calib}.jsonl")
+            calib_paths[rm] = str(Path(d) / f"{args.calib}.jsonl")
+            rows = read_jsonl(calib_paths[rm])
             if rows and "first_error" not in rows[0]:
                 raise SystemExit(f"{d}/{args.calib}.jsonl: no first_error; table4 needs the testbed")
             calib[rm] = rows
-        t4 = table4(pools, calib, list(scores))
+        t4 = table4(pools, calib, list(scores), calib_paths)
         with atomic_path(args.table4) as tmp:
+            # nan (an undefined metric: step AUROC or F1 with one class, no right-answer-wrong-process
+            # solutions) is written as an empty cell, pandas' default na_rep, for every column alike
             t4.to_csv(tmp, index=False, float_format="%.4f")
         log.info("table4:\n%s", t4.to_string(index=False))
 

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.verify import (draw_subsets, fit_threshold, localisation, m_best_of_n, m_majority, m_oracle, m_random,
                              m_weighted_vote, pick_best, predicted_first_error, step_verification, subset_accuracy,
-                             table1, vote, vote_weight, wide_table1)
+                             table1, table4, vote, vote_weight, wide_table1)
 
 
 def test_pick_best_takes_the_earliest_maximum():
@@ -113,6 +113,107 @@ def test_fit_threshold_separates_and_step_verification_by_hand():
     assert m["acc_error"] == 0.5 and m["acc_correct"] == 1.0 and m["f1"] == pytest.approx(2 / 3)
     # right answer, wrong process: only row 2, missed
     assert m["acc_right_answer_wrong_process"] == 0.0 and m["n_right_answer_wrong_process"] == 1
+
+
+def test_localisation_f1_is_nan_when_a_class_is_absent():
+    # only error-free solutions: acc_correct is defined, acc_error and F1 are not (ProcessBench: nan)
+    m = localisation([None, None, 1], [None, None, None])
+    assert m["acc_correct"] == pytest.approx(2 / 3) and math.isnan(m["acc_error"]) and math.isnan(m["f1"])
+    assert (m["n_error"], m["n_correct"]) == (0, 3)
+    # only solutions with an error, even all localised exactly: F1 is still undefined
+    m = localisation([0, 2], [0, 2])
+    assert m["acc_error"] == 1.0 and math.isnan(m["acc_correct"]) and math.isnan(m["f1"])
+    assert (m["n_error"], m["n_correct"]) == (2, 0)
+    assert math.isnan(localisation([], [])["f1"])
+
+
+def test_localisation_f1_by_hand():
+    # errors at 0 (found), 2 (found), 1 (flagged at 0: wrong) -> acc_error 2/3;
+    # error-free: one clean, one flagged -> acc_correct 1/2; F1 = 2 (2/3)(1/2) / (2/3 + 1/2) = 4/7
+    m = localisation([0, 2, 0, None, 1], [0, 2, 1, None, None])
+    assert m["acc_error"] == pytest.approx(2 / 3) and m["acc_correct"] == 0.5
+    assert m["f1"] == pytest.approx(4 / 7)
+    # both classes present, both accuracies 0: F1 is 0, not nan
+    assert localisation([None, 0], [1, None])["f1"] == 0.0
+
+
+@pytest.mark.parametrize("truth, missing, counts", [
+    ([None, None, None], "no solutions with an error", "0 solutions with an error and 3 error-free"),
+    ([1, 0, 2], "no error-free solutions", "3 solutions with an error and 0 error-free"),
+])
+def test_fit_threshold_refuses_a_one_class_calibration_set(truth, missing, counts):
+    scores = [[0.9, 0.2, 0.3], [0.8, 0.9], [0.4, 0.7, 0.6]]
+    with pytest.raises(ValueError) as e:
+        fit_threshold(scores, truth, source="results/verify/scores/prm_he/calib.jsonl")
+    msg = str(e.value)
+    assert missing in msg and counts in msg and "results/verify/scores/prm_he/calib.jsonl" in msg
+    with pytest.raises(ValueError, match=missing):  # without a source the message still says what is wrong
+        fit_threshold(scores, truth)
+
+
+def test_table4_names_the_calibration_file_of_a_one_class_set():
+    pools = {"gen": [{"rows": [{"first_error": 1, "outcome": 0}, {"first_error": None, "outcome": 1}],
+                      "rm:steps": [[0.9, 0.2], [0.8, 0.9]]}]}
+    calib = {"rm": [{"step_scores": [0.9, 0.8], "first_error": None},
+                    {"step_scores": [], "first_error": 0},  # no steps: dropped, so only error-free rows remain
+                    {"step_scores": [0.7], "first_error": None}]}
+    with pytest.raises(ValueError, match=r"scores/rm/calib\.jsonl.*no solutions with an error.*0 solutions with an "
+                                         r"error and 2 error-free"):
+        table4(pools, calib, ["rm"], {"rm": "scores/rm/calib.jsonl"})
+    # a two-class calibration set fits; test pools with errors only give F1 nan, not 0
+    calib["rm"][1]["step_scores"] = [0.1]
+    t4 = table4({"gen": [{"rows": [{"first_error": 1, "outcome": 0}], "rm:steps": [[0.9, 0.2]]}]}, calib, ["rm"])
+    assert t4.loc[0, "acc_error"] == 1.0 and math.isnan(t4.loc[0, "acc_correct"]) and math.isnan(t4.loc[0, "f1"])
+
+
+def _verify_stage_inputs(tmp_path, pool_first_errors, calib_first_errors):
+    """Files for `pipeline.verify.main`: one generator's pool (one prompt), one reward model's
+    scores dir and metrics; step scores are 0.9 up to the first error, then 0.1."""
+    import json
+
+    def steps(fe):
+        return [0.9 if fe is None or h < fe else 0.1 for h in range(3)]
+
+    def write(path, rows):
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    pool = [{"id": "p0", "sample_idx": i, "outcome": int(fe is None), "response": f"1+1=2\n#### {2 if fe is None else 3}",
+             "first_error": fe} for i, fe in enumerate(pool_first_errors)]
+    write(tmp_path / "pool.jsonl", pool)
+    sd = tmp_path / "scores"
+    sd.mkdir()
+    (sd / "meta.json").write_text(json.dumps({"scores_are_probabilities": True}))
+    write(sd / "gen.jsonl", [{"id": "p0", "sample_idx": r["sample_idx"], "step_scores": steps(r["first_error"])}
+                             for r in pool])
+    write(sd / "calib.jsonl", [{"id": f"c{i}", "sample_idx": 0, "step_scores": steps(fe), "first_error": fe,
+                                "outcome": int(fe is None)} for i, fe in enumerate(calib_first_errors)])
+    (tmp_path / "metrics.json").write_text(json.dumps({"total_flops": 1.0, "auroc_min": 0.5}))
+    cfg = {"verify": {"n_values": [1], "n_subsets": 2}, "task": {"name": "arith"}, "seed": 0}
+    return ["--cfg", json.dumps(cfg), "--pools", f"gen={tmp_path / 'pool.jsonl'}", "--scores", f"rm={sd}",
+            "--rm-metrics", f"rm={tmp_path / 'metrics.json'}", "--table1", str(tmp_path / "table1.csv"),
+            "--plot", str(tmp_path / "bon.png"), "--table4", str(tmp_path / "table4.csv")]
+
+
+def test_verify_main_threads_the_calibration_path_into_the_error(tmp_path):
+    from pipeline.verify import main
+    argv = _verify_stage_inputs(tmp_path, [None, 1], [1, 2, 0])
+    with pytest.raises(ValueError, match=r"calib\.jsonl.*no error-free solutions.*3 solutions with an error and 0"):
+        main(argv)
+    assert str(tmp_path / "scores" / "calib.jsonl") in str(pytest.raises(ValueError, main, argv).value)
+    assert not (tmp_path / "table4.csv").exists()
+
+
+def test_verify_main_writes_an_undefined_f1_as_an_empty_cell(tmp_path):
+    import pandas as pd
+    from pipeline.verify import main
+    # calibration has both classes; the pool has only solutions with an error (and no right answer)
+    main(_verify_stage_inputs(tmp_path, [1, 2], [None, 1, 2]))
+    header, row = (tmp_path / "table4.csv").read_text().splitlines()
+    cell = dict(zip(header.split(","), row.split(",")))
+    # the same missing-value spelling as the file's other undefined metrics
+    assert cell["f1"] == "" and cell["acc_correct"] == "" and cell["acc_right_answer_wrong_process"] == ""
+    assert cell["acc_error"] == "1.0000" and cell["n_correct"] == "0"
+    assert math.isnan(pd.read_csv(tmp_path / "table4.csv").loc[0, "f1"])
 
 
 def test_within_group_auroc_ignores_between_prompt_difficulty():

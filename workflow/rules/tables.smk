@@ -1,4 +1,4 @@
-TABLE2_METHODS = ["base"] + RL_ALGOS
+TABLE2_METHODS = ["base", *RL_ALGOS]
 
 
 def per_seed(pattern, method):
@@ -16,10 +16,10 @@ rule table2:
         table=report(f"{OUT}/table2.csv", category="Tables", caption="../report/table2.rst"),
         plot=report(f"{OUT}/plots/rl_val_curves.png", category="Online RL", caption="../report/rl_val_curves.rst"),
     params:
-        evals=" ".join(f"{m}=" + per_seed(OUT + "/eval/{m}/s{s}.json", m) for m in TABLE2_METHODS),
-        rl=" ".join(f"{a}=" + per_seed(OUT + "/rl/{m}/s{s}", a) for a in RL_ALGOS),
+        evals=" ".join(f"{m}={per_seed(f'{OUT}/eval/{{m}}/s{{s}}.json', m)}" for m in TABLE2_METHODS),
+        rl=" ".join(f"{a}={per_seed(f'{OUT}/rl/{{m}}/s{{s}}', a)}" for a in RL_ALGOS),
         splits=" ".join(config["eval"]["splits"]),
-        reference=config["rl"].get("reference", "rloo"),
+        reference=config["rl"]["reference"],
         # long-form answers: pass1 is the whole answer line's match; also report the final value alone
         final_value="--final-value" if config["task"].get("arith", {}).get("answer_format") == "longform" else "",
     log:
