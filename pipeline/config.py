@@ -4,6 +4,7 @@ key, type or value stops the run with a message naming the key before any job st
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import yaml
@@ -51,9 +52,30 @@ def load_schema() -> dict:
     return schema
 
 
+def apply_defaults(cfg: dict, schema: dict) -> dict:
+    """Fill in, in place, every key the schema gives a `default:` and `cfg` leaves out, in
+    every section present (and in each value of a name -> section map, such as task.sources).
+    The schema's defaults are the one home of the optional keys' values; config/tiny.yaml holds
+    the others, so stage code reads every key without a fallback of its own."""
+    if not isinstance(cfg, dict):
+        return cfg
+    for key, sub in schema.get("properties", {}).items():
+        if key not in cfg and "default" in sub:
+            cfg[key] = copy.deepcopy(sub["default"])
+        if key in cfg:
+            apply_defaults(cfg[key], sub)
+    extra = schema.get("additionalProperties")
+    if isinstance(extra, dict) and extra.get("type") == "object":
+        for key in set(cfg) - set(schema.get("properties", {})):
+            apply_defaults(cfg[key], extra)
+    return cfg
+
+
 def validate_config(cfg: dict, source: str = "config") -> dict:
-    """Raise ConfigError listing every problem as `<source>: config key a.b.c: message`."""
+    """Fill the schema's defaults into `cfg` (in place) and raise ConfigError listing every
+    problem as `<source>: config key a.b.c: message`."""
     schema = load_schema()
+    apply_defaults(cfg, schema)
     errors = sorted(Draft202012Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
     errors = [x for e in errors for x in _closest_form(e)]
     problems = []
@@ -301,7 +323,7 @@ def ablation_problems(cfg: dict, names: set[str]) -> list[str]:
                 if pol not in names:
                     problems.append(f"config key {key}: data_policy {pol!r} is not a known policy "
                                     f"(known: {sorted(names)})")
-            loss = sec.get("loss", "ce")
+            loss = sec["loss"]
             if df["step_labels"].any() and loss in PAIR_LOSSES:
                 problems.append(f"config key ablations.factors.loss: {loss!r} trains on pairs; step labels need a "
                                 "per-response loss (ce, ce_inst, ce_data or kto)")

@@ -41,7 +41,7 @@ def real_splits(task_cfg: dict) -> dict[str, list[dict]]:
 
     out = {}
     for split, src in task_cfg["sources"].items():
-        out[split] = load_records(src["name"], path=src.get("path"), split=src.get("split", "test"),
+        out[split] = load_records(src["name"], path=src.get("path"), split=src["split"],
                                   limit=src.get("limit"), hub_config=src.get("hub_config"))
         for r in out[split]:
             r["split"] = split

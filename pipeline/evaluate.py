@@ -61,7 +61,7 @@ def main(argv=None) -> None:
         records = read_jsonl(Path(args.data) / f"{split}.jsonl")
         res = evaluate_policy(sampler, records, task_cfg, k=int(ev["k"]), temperature=float(ev["temperature"]),
                               max_new_tokens=int(samp["max_new_tokens"]), seed=int(cfg["seed"]) + 1000 * i + 100_003 * args.seed,
-                              greedy=bool(ev.get("greedy", True)))
+                              greedy=bool(ev["greedy"]))
         out["splits"][split] = res
         log.info("%s: pass@1 %.3f greedy %s", split, res["pass1"], res.get("greedy"))
     meta_path = Path(args.policy) / "policy_meta.json"

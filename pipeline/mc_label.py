@@ -177,7 +177,7 @@ def main(argv=None) -> None:
     args, cfg = start_stage(p, argv)
     mc, task_cfg, samp = cfg["mc_label"], cfg["task"], cfg["sampling"]
     n_mc, k = int(mc["n_mc"]), int(mc["prover_k"])
-    how = mc.get("seed_selection", "random")
+    how = mc["seed_selection"]
     if how not in SEED_SELECTIONS:
         raise SystemExit(f"config key mc_label.seed_selection: {how!r} is not one of {SEED_SELECTIONS}")
     t0 = time.time()
@@ -199,7 +199,7 @@ def main(argv=None) -> None:
                                      [{"answer": answers[pid]} for _, _, pid in owners], task_cfg, n=n_mc,
                                      temperature=float(mc["temperature"]), max_new_tokens=int(samp["max_new_tokens"]),
                                      seed=int(cfg["seed"]) + 7919 * round_idx,
-                                     share_prefix=bool(mc.get("share_prefix", True)), desc=desc)
+                                     share_prefix=bool(mc["share_prefix"]), desc=desc)
 
     # the bare prompt once per prompt (V(x)), then prompt + steps 1..h
     v_owners = [(None, -1, pid) for pid in prompt_ids]

@@ -36,10 +36,10 @@ def build_tiny_llama(tokenizer, model_cfg: dict, seed: int) -> LlamaForCausalLM:
         intermediate_size=int(model_cfg["intermediate_size"]),
         num_hidden_layers=int(model_cfg["num_layers"]),
         num_attention_heads=int(model_cfg["num_heads"]),
-        num_key_value_heads=int(model_cfg.get("num_kv_heads", model_cfg["num_heads"])),
+        num_key_value_heads=int(model_cfg.get("num_kv_heads") or model_cfg["num_heads"]),  # absent: multi-head
         max_position_embeddings=int(model_cfg["max_position_embeddings"]),
         rms_norm_eps=1e-5,
-        tie_word_embeddings=bool(model_cfg.get("tie_word_embeddings", True)),
+        tie_word_embeddings=bool(model_cfg["tie_word_embeddings"]),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

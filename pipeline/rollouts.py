@@ -22,7 +22,7 @@ log = logging.getLogger("pipeline.rollouts")
 
 
 def rollout_rows(records: list[dict], gens, policy: str, task_cfg: dict) -> list[dict]:
-    delim = task_cfg.get("step_delimiter", "\n")
+    delim = task_cfg["step_delimiter"]
     rows = []
     for r, gs in zip(records, gens):
         for j, g in enumerate(gs):

@@ -84,7 +84,7 @@ def main(argv=None) -> None:
                    help="name=model dir or hub id of each input's generator: responses are re-tokenised when its "
                         "vocabulary is not the reward model's")
     args, cfg = start_stage(p, argv)
-    bs = int(cfg.get("verify", {}).get("score_batch_size", 64))
+    bs = int(cfg["verify"]["score_batch_size"])
     template = cfg.get("score_prompt", {}).get("prompt_template")
     if template is not None and not args.records:
         raise SystemExit("score_prompt.prompt_template needs --records (the problems to render)")

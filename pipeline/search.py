@@ -248,11 +248,11 @@ def main(argv=None) -> None:
     for key in ("beam_width", "max_steps"):
         if key not in sc:
             raise SystemExit(f"config key search.{key} is required")
-    beam_width, n_cand, max_steps = int(sc["beam_width"]), int(sc.get("n_candidates", 3)), int(sc["max_steps"])
-    how = sc.get("aggregation", "last")
+    beam_width, n_cand, max_steps = int(sc["beam_width"]), int(sc["n_candidates"]), int(sc["max_steps"])
+    how = sc["aggregation"]
     if how not in AGGREGATIONS:
         raise SystemExit(f"config key search.aggregation: {how!r} is not one of {AGGREGATIONS}")
-    delimiter = task_cfg.get("step_delimiter", "\n")
+    delimiter = task_cfg["step_delimiter"]
     t0 = time.time()
     records = read_jsonl(args.records)
     if sc.get("n_prompts") is not None:
@@ -269,17 +269,17 @@ def main(argv=None) -> None:
         raise SystemExit("config key search.aggregation: product needs probability scores; the verifier's are not")
     prompt_ids = [sampler.tokenizer(x, add_special_tokens=False)["input_ids"] for x in prompts]
     expand = make_expand(sampler, prompt_ids, delimiter=delimiter, max_new_tokens=int(samp["max_new_tokens"]),
-                         temperature=float(sc.get("temperature", 1.0)), top_p=float(sc.get("top_p", 1.0)),
+                         temperature=float(sc["temperature"]), top_p=float(sc["top_p"]),
                          seed=int(cfg["seed"]))
     verifier_compute, final_compute = Compute(), Compute()
-    score_bs = int(sc.get("score_batch_size", 64))
+    score_bs = int(sc["score_batch_size"])
     log.info("beam search on %d prompts: B=%d, C=%d, max %d steps, verifier %s (%s, aggregation %s)",
              len(prompts), beam_width, n_cand, max_steps, args.verifier, verifier.kind, how)
     results = beam_search(len(prompts), expand,
                           make_scorer(verifier, prompts, delimiter=delimiter, how=how, compute=verifier_compute,
                                       batch_size=score_bs),
                           beam_width=beam_width, n_candidates=n_cand, max_steps=max_steps,
-                          dedupe=bool(sc.get("dedupe", True)))
+                          dedupe=bool(sc["dedupe"]))
     pools = [r["pool"] for r in results]
     # the ORM reads one score per solution: the last step's
     best, final_scores = pick_final(pools, make_scorer(final, prompts, delimiter=delimiter, how="last",
@@ -307,8 +307,8 @@ def main(argv=None) -> None:
     summary = {"n_prompts": len(rows), "accuracy": correct / n, "pool_any_correct": any_correct / n,
                "verifier_pick_accuracy": verifier_pick_correct / n, "beam_width": beam_width,
                "n_candidates": n_cand, "max_steps": max_steps, "aggregation": how,
-               "dedupe": bool(sc.get("dedupe", True)),
-               "temperature": float(sc.get("temperature", 1.0)),
+               "dedupe": bool(sc["dedupe"]),
+               "temperature": float(sc["temperature"]),
                "alpha": verifier.meta.get("alpha") if verifier.kind == "pav" else None,
                "policy": args.policy, "verifier": args.verifier, "verifier_kind": verifier.kind, "final": args.final,
                "generated_tokens": sum(r["generated_tokens"] for r in rows),

@@ -23,14 +23,14 @@ def judge(record: dict, response: str, task_cfg: dict) -> dict:
 
     Returns {"outcome": 0/1, "n_steps": H, and for the testbed "step_valid", "first_error",
     "process_correct"}."""
-    delimiter = task_cfg.get("step_delimiter", "\n")
+    delimiter = task_cfg["step_delimiter"]
     result: dict = {"n_steps": len(split_steps(response, delimiter))}
     if task_cfg.get("name") == "arith" and "meta" in record:
         result.update(check_response(response, record["meta"], delimiter))
         result["outcome"] = int(result["outcome"])
     else:
-        result["outcome"] = int(grade(response, record["answer"], task_cfg.get("grader", "math"),
-                                      timeout_s=float(task_cfg.get("grader_timeout_s", 5.0))))
+        result["outcome"] = int(grade(response, record["answer"], task_cfg["grader"],
+                                      timeout_s=float(task_cfg["grader_timeout_s"])))
     return result
 
 
@@ -52,7 +52,7 @@ def cot_end(response: str, task_cfg: dict) -> int:
     line (a response cut at the token budget), the end of its last complete step, so a*
     is always appended at a step boundary."""
     marker = task_cfg.get("answer_marker") or ANSWER_MARKER
-    delim = task_cfg.get("step_delimiter", "\n")
+    delim = task_cfg["step_delimiter"]
     at = response.rfind(marker)
     while at > 0 and not response[:at].endswith(delim):  # the marker must open a line
         at = response.rfind(marker, 0, at)

@@ -60,7 +60,7 @@ class ArithSpec:
         lo, hi = cfg[chain_key]
         return cls(modulus=int(cfg["modulus"]), operand_max=int(cfg["operand_max"]),
                    operators=tuple(cfg["operators"]), chain_len=(int(lo), int(hi)),
-                   answer_format=str(cfg.get("answer_format", "value")))
+                   answer_format=str(cfg["answer_format"]))
 
 
 def _check_format(answer_format: str) -> None:

@@ -300,7 +300,7 @@ def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str,
         weights = balanced_ce_weights(labels, [e["dataset"] for e in examples])
     pairs = loss in ("dpo", "nca")
     per_batch = max(1, bs // 2) if pairs else bs  # a pair is two sequences
-    train_cfg = {**rmc, "lr": rmc.get("implicit_lr", rmc["lr"])}
+    train_cfg = {**rmc, "lr": rmc["implicit_lr"]}
     if pairs and rmc.get("micro_batch_size"):
         train_cfg["micro_batch_size"] = max(1, int(rmc["micro_batch_size"]) // 2)
     engine = build_engine(prm.model, train_cfg, total_steps=epochs * -(-len(items) // per_batch), batch_size=per_batch)
@@ -377,7 +377,7 @@ def main(argv=None) -> None:
         weights = None
         n_params = count_params(rm.model)
     else:
-        rm = HeadRewardModel.init_from_policy(args.policy, args.kind, meta, dropout=float(rmc.get("head_dropout", 0.1)))
+        rm = HeadRewardModel.init_from_policy(args.policy, args.kind, meta, dropout=float(rmc["head_dropout"]))
         examples = build_examples(rows, rm.tokenizer, args.kind, args.prm_label)
         weights = class_balance_weights([t for e in examples for t in e["targets"]]) if args.kind == "pav" else None
         losses, train_compute = train_head(rm, examples, rmc, weights, seed, args.kind)

@@ -211,7 +211,7 @@ def load_pool(path: str | Path, task_cfg: dict) -> tuple[list[dict], list[tuple[
     for r in read_jsonl(path):
         by_id[r["id"]].append(r)
     pools, keys = [], []
-    kind = task_cfg.get("grader", "math")
+    kind = task_cfg["grader"]
     for pid, rows in by_id.items():
         rows.sort(key=lambda r: r["sample_idx"])
         pools.append({"id": pid, "outcome": [int(r["outcome"]) for r in rows],

@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.config import load_preset
+
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "config" / "smoke.yaml"
+# the validated tiny model section: hand-sized test models start from it, so every key is there
+MODEL_SECTION = load_preset()["model"]
 SMOKE_TARGETS = ["results/table2.csv", "results/table1.csv", "results/table3.csv", "results/table4.csv", "results/rollouts/medium/train.jsonl", "results/mc/medium/train.jsonl",
                  *[f"results/rm/{m}/metrics.json" for m in ("orm", "prm_he", "prm_se", "pav", "implicit_ce_inst",
                                                            "implicit_dpo", "implicit_kto")]]

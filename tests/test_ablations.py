@@ -19,7 +19,7 @@ from pipeline.config import REPO, ConfigError, ablation_grid, is_default_cell, l
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama, save_policy
 from pipeline.train_rm import (attach_step_labels, dedup_rows, implicit_examples, step_label_loss, subsample_rows,
                                train_implicit)
-from conftest import SMOKE, snakemake
+from conftest import MODEL_SECTION, SMOKE, snakemake
 
 TINY_CFG = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 
@@ -118,7 +118,7 @@ def test_step_label_loss_by_hand():
     assert step_label_loss(tr, [dict(ex[0], step_targets=None)]) is None  # no labels in the batch
 
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 128}
+TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 128}
 
 
 def test_implicit_prm_trains_with_extra_step_labels(tmp_path):
@@ -139,7 +139,7 @@ def test_implicit_prm_trains_with_extra_step_labels(tmp_path):
     mc = [{"id": "a", "sample_idx": 1, "he": [0, 0, 0], "q_hat": [0.0, 0.0, 0.0]}]  # only the wrong one is labelled
     assert attach_step_labels(ex, rows, mc, "he") == 1
     assert "step_targets" not in ex[0] and ex[1]["step_targets"] == [0.0, 0.0, 0.0]
-    rmc = {"batch_size": 2, "epochs": 6, "lr": 0.003, "warmup_steps": 0, "schedule": "constant", "grad_clip": 1.0,
+    rmc = {"batch_size": 2, "epochs": 6, "lr": 0.003, "implicit_lr": 0.003, "warmup_steps": 0, "schedule": "constant", "grad_clip": 1.0,
            "zero_stage": 0, "bf16": False}
     losses, _ = train_implicit(prm, ex, rmc, "ce", seed=0, step_coef=1.0)
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]

@@ -20,9 +20,9 @@ from pipeline.config import load_preset
 from pipeline.engine import accumulation_steps, build_engine, train_batch
 from pipeline.modeling import build_char_tokenizer
 from pipeline.sft import sft_loss
-from conftest import SMOKE, scaled_tiny_llama
+from conftest import MODEL_SECTION, SMOKE, scaled_tiny_llama
 
-MODEL = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 64}
+MODEL = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 64}
 
 
 def test_accumulation_steps_hand_values():

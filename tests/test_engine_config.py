@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.engine import deepspeed_config, full_state_dict, gathered_named_parameters, is_zero3_partitioned
+from conftest import MODEL_SECTION
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama
 
 HIDDEN = 4096  # Llama-3.1-8B / Mistral-7B / DeepSeekMath-7B
@@ -62,7 +63,7 @@ def test_deepspeed_accepts_the_zero3_config():
 
 def test_unpartitioned_models_are_saved_and_synced_as_they_are():
     tok = build_char_tokenizer()
-    m = build_tiny_llama(tok, {"hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
+    m = build_tiny_llama(tok, {**MODEL_SECTION, "hidden_size": 16, "intermediate_size": 32, "num_layers": 1, "num_heads": 2,
                                "max_position_embeddings": 32}, seed=0)
     assert not is_zero3_partitioned(m) and full_state_dict(m) is None
     named = dict(gathered_named_parameters(m))
@@ -79,7 +80,7 @@ def test_zero3_engine_saves_and_streams_full_weights(tmp_path):
     from pipeline.modeling import load_policy, save_policy
 
     tok = build_char_tokenizer()
-    m = build_tiny_llama(tok, {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2,
+    m = build_tiny_llama(tok, {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2,
                                "max_position_embeddings": 64}, seed=0)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     engine = build_engine(m, {"lr": 1e-3, "zero_stage": 3}, total_steps=2, batch_size=2)

@@ -11,8 +11,9 @@ from pipeline.metrics import auroc
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama
 from pipeline.sampler import HFSampler
 from pipeline.steps import split_steps_with_ends, step_token_ends
+from conftest import MODEL_SECTION
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 128}
+TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 128}
 
 
 def test_hard_estimate_and_best_of_k_by_hand():

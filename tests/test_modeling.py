@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from pipeline.modeling import SPECIAL_TOKENS, build_char_tokenizer, build_tiny_llama, load_policy, save_policy
+from conftest import MODEL_SECTION
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 64}
+TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 64}
 TEXT = "3+4=7\n#### 7"
 
 

@@ -11,8 +11,9 @@ import torch
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama, save_policy
 from pipeline.reward_models import HeadRewardModel, aggregate, pav_effective_rewards, score_positions
 from pipeline.train_rm import build_examples, class_balance_weights, head_loss
+from conftest import MODEL_SECTION
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 128}
+TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 128}
 
 
 def test_aggregate_by_hand():
@@ -182,7 +183,7 @@ def test_train_implicit_runs_each_loss_and_moves_rewards_apart(policy_dir, loss)
     rows = [rollout_row(tok, "a", "3+4=7\n7*2=4\n#### 4", 1), rollout_row(tok, "a", "3+4=8\n8*2=6\n#### 6", 0),
             rollout_row(tok, "b", "3+4=7\n7*2=4\n#### 4", 1), rollout_row(tok, "b", "3+4=9\n9*2=8\n#### 8", 0)]
     ex = implicit_examples(rows, tok)
-    rmc = {"batch_size": 4, "epochs": 8, "lr": 0.003, "warmup_steps": 0, "schedule": "constant", "grad_clip": 1.0,
+    rmc = {"batch_size": 4, "epochs": 8, "lr": 0.003, "implicit_lr": 0.003, "warmup_steps": 0, "schedule": "constant", "grad_clip": 1.0,
            "zero_stage": 0, "bf16": False}
     losses, compute = train_implicit(prm, ex, rmc, loss, seed=0)
     assert all(math.isfinite(x) for x in losses) and compute.trained_tokens > 0 and compute.scored_tokens > 0

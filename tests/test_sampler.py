@@ -10,12 +10,12 @@ import pytest
 
 import torch
 
-from conftest import scaled_tiny_llama
+from conftest import MODEL_SECTION, scaled_tiny_llama
 from pipeline.flops import count_params
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama
 from pipeline.sampler import Generation, HFSampler, VLLMSampler, _strip_after_eos, make_sampler, sample_rows
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 64}
+TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 64}
 PROMPTS = ["3+4*2=?\n", "1+2=?\n", "9*9-1+5=?\n"]
 
 

@@ -19,8 +19,9 @@ from pipeline.reward_models import HeadRewardModel
 from pipeline.score_pool import as_reward_model_reads, main as score_pool_main, same_vocabulary
 from pipeline.steps import split_steps_with_ends
 from pipeline.task import format_prompt
+from conftest import MODEL_SECTION
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 128}
+TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 128}
 RM_TEMPLATE = "{problem}\n"                      # the testbed format the reward model knows
 FOREIGN_TEMPLATE = "[Q] {problem} [A]\n"         # the other family's chat format
 
@@ -75,13 +76,13 @@ def test_score_pool_scores_a_foreign_pool_as_its_own(tmp_path: Path):
     (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     for name, rows in (("native", pool_rows(ours, RM_TEMPLATE)), ("foreign", pool_rows(theirs, FOREIGN_TEMPLATE))):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    score_pool_main(["--cfg", json.dumps({}), "--rm", str(tmp_path / "rm"), "--inputs", f"g={tmp_path}/native.jsonl",
+    score_pool_main(["--cfg", json.dumps({"verify": {"score_batch_size": 64}}), "--rm", str(tmp_path / "rm"), "--inputs", f"g={tmp_path}/native.jsonl",
                      "--out-dir", str(tmp_path / "native_scores")])
-    cfg = {"score_prompt": {"prompt_template": RM_TEMPLATE}}
+    cfg = {"score_prompt": {"prompt_template": RM_TEMPLATE}, "verify": {"score_batch_size": 64}}
     score_pool_main(["--cfg", json.dumps(cfg), "--rm", str(tmp_path / "rm"), "--inputs", f"g={tmp_path}/foreign.jsonl",
                      "--records", str(tmp_path / "records.jsonl"),
                      "--generator-tokenizers", f"g={tmp_path / 'foreign_tok'}", "--out-dir", str(tmp_path / "read")])
-    score_pool_main(["--cfg", json.dumps({}), "--rm", str(tmp_path / "rm"), "--inputs", f"g={tmp_path}/foreign.jsonl",
+    score_pool_main(["--cfg", json.dumps({"verify": {"score_batch_size": 64}}), "--rm", str(tmp_path / "rm"), "--inputs", f"g={tmp_path}/foreign.jsonl",
                      "--out-dir", str(tmp_path / "raw")])
     load = lambda d: [json.loads(x)["step_scores"] for x in (tmp_path / d / "g.jsonl").read_text().splitlines()]  # noqa: E731
     native, read, raw = load("native_scores"), load("read"), load("raw")

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import scaled_tiny_llama
+from conftest import MODEL_SECTION, scaled_tiny_llama
 from pipeline.modeling import build_char_tokenizer
 from pipeline.scoring import collate, join_responses, split_responses, token_logprobs
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 64}
+TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 64}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import scaled_tiny_llama
+from pipeline.config import load_preset
+from conftest import MODEL_SECTION, scaled_tiny_llama
 from pipeline.modeling import build_char_tokenizer, save_policy
 from pipeline.reward_models import HeadRewardModel
 from pipeline.sampler import HFSampler
@@ -182,7 +183,7 @@ def test_truncate_after(text, delim, expected):
 
 # --------------------------------------------------------------------------- sampler stop
 
-TINY = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 128,
+TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 128,
         "tie_word_embeddings": False}
 PROMPTS = ["3+4*2=?\n", "1+2=?\n", "9*9-1+5=?\n"]
 
@@ -337,7 +338,8 @@ def run_stage(d, verifier, out, **search):
 
     cfg = {"seed": 0, "task": {"name": "arith", "grader": "exact", "step_delimiter": "\n"},
            "sampling": {"backend": "hf", "batch_size": 64, "max_new_tokens": 24, "progress": False},
-           "search": {"beam_width": 2, "n_candidates": 2, "max_steps": 4, "temperature": 1.0, **search}}
+           "search": {**load_preset()["search"], "beam_width": 2, "n_candidates": 2, "max_steps": 4, "temperature": 1.0,
+                      "dedupe": True, "aggregation": "last", **search}}
     main(["--cfg", json.dumps(cfg), "--policy", str(d / "policy"), "--verifier", str(d / verifier),
           "--final", str(d / "orm"), "--records", str(d / "test.jsonl"), "--out", str(out)])
     return read_jsonl(out), read_json(out.with_suffix(".summary.json"))

@@ -144,7 +144,8 @@ def test_generate_split_too_many_problems_raises():
 
 
 def test_spec_from_cfg():
-    cfg = {"modulus": 7, "operand_max": 12, "operators": ["+", "*"], "chain_len": [2, 4], "ood_chain_len": [6, 7]}
+    cfg = {"modulus": 7, "operand_max": 12, "operators": ["+", "*"], "chain_len": [2, 4], "ood_chain_len": [6, 7],
+           "answer_format": "value"}  # as validated config holds it (the schema's default)
     assert ArithSpec.from_cfg(cfg) == ArithSpec(7, 12, ("+", "*"), (2, 4))
     assert ArithSpec.from_cfg(cfg).answer_format == "value"
     assert ArithSpec.from_cfg(cfg, "ood_chain_len").chain_len == (6, 7)

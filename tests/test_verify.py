@@ -188,7 +188,7 @@ def _verify_stage_inputs(tmp_path, pool_first_errors, calib_first_errors):
     write(sd / "calib.jsonl", [{"id": f"c{i}", "sample_idx": 0, "step_scores": steps(fe), "first_error": fe,
                                 "outcome": int(fe is None)} for i, fe in enumerate(calib_first_errors)])
     (tmp_path / "metrics.json").write_text(json.dumps({"total_flops": 1.0, "auroc_min": 0.5}))
-    cfg = {"verify": {"n_values": [1], "n_subsets": 2}, "task": {"name": "arith"}, "seed": 0}
+    cfg = {"verify": {"n_values": [1], "n_subsets": 2}, "task": {"name": "arith", "grader": "exact"}, "seed": 0}
     return ["--cfg", json.dumps(cfg), "--pools", f"gen={tmp_path / 'pool.jsonl'}", "--scores", f"rm={sd}",
             "--rm-metrics", f"rm={tmp_path / 'metrics.json'}", "--table1", str(tmp_path / "table1.csv"),
             "--plot", str(tmp_path / "bon.png"), "--table4", str(tmp_path / "table4.csv")]

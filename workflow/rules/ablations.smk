@@ -60,7 +60,7 @@ RM_HELDOUT = f"{OUT}/rollouts/{RM['data_policy']}/{RM['heldout_split']}.jsonl"
 def rm_cell_metrics(grid, path, cell):
     """metrics.json of a reward-model cell: the main DAG's rm/implicit_<loss> for the default cell."""
     if is_default_cell(config, grid, cell):
-        loss = cell["loss"] if grid == "implicit_prm" else ABL["factors"].get("loss", "ce")
+        loss = cell["loss"] if grid == "implicit_prm" else ABL["factors"]["loss"]
         return f"{OUT}/rm/implicit_{loss}/metrics.json"
     return f"{ABL_OUT}/{grid}/{path}/metrics.json"
 
@@ -69,7 +69,7 @@ def rm_cell_scores(grid, path, cell):
     """Score directory of a reward-model cell over the best-of-N pools: the main DAG's
     verify/scores/implicit_<loss> for the default cell."""
     if is_default_cell(config, grid, cell):
-        loss = cell["loss"] if grid == "implicit_prm" else ABL["factors"].get("loss", "ce")
+        loss = cell["loss"] if grid == "implicit_prm" else ABL["factors"]["loss"]
         return f"{OUT}/verify/scores/implicit_{loss}"
     return f"{ABL_OUT}/{grid}/{path}/scores"
 
@@ -159,7 +159,7 @@ if "factors" in ABL:
         if cell["step_labels"]:
             mc = f"{OUT}/mc/{wc.data_policy}/{MC['split']}"
             flags += [f"--step-labels {mc}.jsonl", f"--step-labels-cost {mc}.summary.json",
-                      f"--prm-label {FAC_CFG.get('step_label', 'he')}", f"--step-coef {FAC_CFG.get('step_coef', 1.0)}"]
+                      f"--prm-label {FAC_CFG['step_label']}", f"--step-coef {FAC_CFG['step_coef']}"]
         return " ".join(flags)
 
     rule ablation_factors:
@@ -178,7 +178,7 @@ if "factors" in ABL:
             **abl_constraints(FAC),
         params:
             cfg=abl_rm_cfg(),
-            loss=FAC_CFG.get("loss", "ce"),
+            loss=FAC_CFG["loss"],
             flags=fac_flags,
             policy=policy_dir(RM["init_policy"]),
             out=FAC_DIR,
@@ -413,7 +413,7 @@ if ABL_GRIDS:
             # reward-model grids: best-of-N at the largest N of table1, on its pools and subset draws
             bon=lambda wc: (" ".join(["--pools"] + [f"{g}={OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS]) +
                             f" --bon-n {max(VERIFY['n_values'])} --bon-subsets {VERIFY['n_subsets']}"
-                            f" --seed {config['seed']} --grader {config['task'].get('grader', 'math')}"
+                            f" --seed {config['seed']} --grader {config['task']['grader']}"
                             if wc.grid in ABL_RM_GRIDS else ""),
         log:
             f"{OUT}/logs/ablations/{{grid}}_table.log",

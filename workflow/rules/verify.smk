@@ -40,7 +40,7 @@ def score_cfg():
     """score_pool's config: the batch size only (how pools are evaluated must not rescore them)
     and, with real models, the prompt template the reward model reads samples in (its init
     policy's)."""
-    c = {"verify": {"score_batch_size": VERIFY.get("score_batch_size", 64)}}
+    c = {"verify": {"score_batch_size": VERIFY["score_batch_size"]}}
     tpl = task_for(RM["init_policy"]).get("prompt_template")
     if config.get("policies") and tpl:
         c["score_prompt"] = {"prompt_template": tpl}
