@@ -24,9 +24,10 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
 
 from .flops import count_params
+from .modeling import load_scalar_head_model
 from .mc_label import best_of_k, step_advantages
 from .rm_losses import implicit_token_rewards, step_rewards
 from .scoring import collate, join_responses, split_responses, token_logprobs
@@ -101,13 +102,7 @@ class HeadRewardModel:
                          dropout: float = 0.1) -> "HeadRewardModel":
         """A value head on the policy's backbone; `dropout` on the hidden states under the head in
         training (0.1 is transformers' default for token-classification heads)."""
-        tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=False)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        config = AutoConfig.from_pretrained(policy_path, num_labels=1, trust_remote_code=False)
-        config.classifier_dropout = float(dropout)
-        model = AutoModelForTokenClassification.from_pretrained(policy_path, config=config, trust_remote_code=False)
-        model.config.pad_token_id = tokenizer.pad_token_id
+        model, tokenizer = load_scalar_head_model(policy_path, dropout=dropout)
         return cls(model, tokenizer, kind, dict(meta or {}))
 
     @classmethod
