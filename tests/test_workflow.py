@@ -220,7 +220,7 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     # an SFT knob: everything downstream of SFT, but not data prep
     sft_change = overlay(tmp_path, "sft", {"sft": {"lr": 0.002}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(sft_change)) == {
-        "sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 7, "rl": 7, "evaluate": 8, "table2": 1,
+        "sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 7, "rl": 8, "evaluate": 9, "table2": 1,
         "bon_pool": 3, "score_pool": 7, "verify_tables": 1, "beam_search": 2, "table3": 1}
 
 
