@@ -8,10 +8,11 @@ mean / product). Verifier evaluation and RL use only this interface.
   with a scalar head at every position (`AutoModelForTokenClassification`, num_labels=1),
   initialised from a policy and saved with `save_pretrained`. A step's score is
   sigmoid(head) at the step's last token. The ORM is trained at the final token only, the
-  MC-PRM at every step end on HE or SE labels, PAV at every step end on Q_hat.
+  MC-PRM at every step end on HE or SE labels, PAV at every step end on Q_hat; the MC-PRM and
+  PAV also at the prompt's last token on the empty prefix's label (HE of v0, or v0 = V(x)).
 - PAV's score of step h is its effective reward Q^pi_h + alpha * A^mu_h, where A^mu is the
   advantage under a Best-of-K prover computed from the predicted Q (Q_0 = the head at the
-  prompt's last token, i.e. V(x)).
+  prompt's last token, i.e. V(x), trained on the completer's v0; Best-of-K is applied here).
 - Implicit PRM: a causal LM pi_phi initialised from a policy, with a frozen reference pi_ref
   (the same policy). Step score = r_h = sum over step h's tokens of beta * log(pi_phi/pi_ref)
   (rm_losses), trained on outcome labels only; `use_ref=False` scores without the reference.

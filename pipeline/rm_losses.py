@@ -168,7 +168,11 @@ def kto_kl_estimate(r_mismatched: torch.Tensor) -> torch.Tensor:
     not backpropagate through it; TRL builds the pairs by rotating the batch's completions by one
     (`_get_kl_dataset`: completion of example i-1 paired with prompt i). Since beta > 0,
     max(0, mean(beta * logratio)) = beta * max(0, mean(logratio)), matching the beta * (ratio - KL)
-    form of the paper. [M] -> scalar.
+    form of the paper.
+
+    Pass the mismatched pairs of the *whole optimizer batch* (`train_rm.kto_reference_point`
+    gathers them over micro batches and ranks): a mean over one micro batch depends on the split,
+    and a micro batch of one pairs an example with its own response. [M] -> scalar.
     """
     return r_mismatched.detach().mean().clamp(min=0.0)
 
@@ -183,7 +187,8 @@ def kto_loss(r: torch.Tensor, labels: torch.Tensor, kl_ref: torch.Tensor | float
         undesirable (l = 0): L = lambda_U * (1 - sigma(z0 - r))
 
     i.e. lambda_y - v(x, y) of the paper; mean over the batch. kl_ref is in reward units
-    (beta * KL), normally kto_kl_estimate(r_mismatched) of the same batch. r, labels: [B].
+    (beta * KL), normally kto_kl_estimate(r_mismatched) of the optimizer batch r belongs to
+    (r may be one micro batch of it). r, labels: [B].
     """
     z0 = torch.as_tensor(kl_ref, dtype=r.dtype, device=r.device).detach().clamp(min=0.0)
     lab = labels.to(r.dtype)

@@ -5,13 +5,16 @@ scores match the true prefix correctness.
 
 Targets (all binary cross-entropy on the head's logit at a position):
 - orm: the outcome, at the last step's final token (where scoring reads the last step);
-- prm: Math-Shepherd HE (0/1) or SE (= Q_hat, soft) at every step end;
-- pav: Q_hat (soft) at every step end, class-balanced around 0.5 so that the many easy,
-  near-1 prefixes do not drown the informative ones (METHODS.md, PAV).
+- prm: Math-Shepherd HE (0/1) or SE (= Q_hat, soft) at every step end, and at the prompt's last
+  token the same label of the empty prefix (from the MC value v0 of the bare prompt);
+- pav: Q_hat (soft) at every step end and v0 = V(x) at the prompt's last token (PAV's Q_0),
+  class-balanced around 0.5 so that the many easy, near-1 prefixes do not drown the
+  informative ones (METHODS.md, PAV).
 - implicit: the outcome label of each seed rollout through the sequence reward
   r(y) = beta * log(pi_phi(y)/pi_ref(y)): CE, CE balanced per instruction or per dataset
   (random filtering of the majority class, as exact weights), DPO and NCA on (correct,
-  incorrect) pairs of one prompt, KTO with the KL reference point from mismatched pairs.
+  incorrect) pairs of one prompt, KTO with the KL reference point from the mismatched pairs of
+  the whole optimizer batch (computed once before its micro batches, all-reduced over ranks).
 The artifact records training FLOPs plus the data-collection FLOPs of the labels it used.
 
 Ablation options (workflow/rules/ablations.smk), all applied to the same label file, so grid cells
@@ -32,9 +35,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .engine import build_engine, is_main, train_batch
+from .engine import accumulation_steps, build_engine, is_main, rank_world, train_batch
 from .flops import Compute, count_params
+from .mc_label import hard_estimate
 from .metrics import auroc, within_group_auroc
+from .registry import IMPLICIT_LOSSES, PAIR_LOSSES
 from .reward_models import (AGGREGATIONS, HeadRewardModel, ImplicitPRM, aggregate, score_positions,
                             scoring_examples)
 from .rm_losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss, step_q_values
@@ -47,7 +52,12 @@ log = logging.getLogger("pipeline.train_rm")
 def build_examples(rows: list[dict], tokenizer, kind: str | None, prm_label: str = "se") -> list[dict]:
     """Examples {prompt_ids, response_ids, step_token_ends, positions, targets} from seed
     rollouts (orm) or MC label rows (prm, pav), skipping rows without steps; kind None: only
-    what scoring needs."""
+    what scoring needs.
+
+    MC-label kinds (prm, pav) also train the empty prefix: position `len(prompt_ids) - 1` (the
+    prompt's last token, where `HeadRewardModel.head_probs` reads V(x)) with the row's MC value
+    of the bare prompt as target, so PAV's Q_0 in A_1 = Q_1 - Q_0 is a trained output (METHODS.md,
+    PAV) rather than whatever the untrained head says there."""
     out = []
     for r, ex in zip(rows, scoring_examples(rows, tokenizer)):
         if ex is None:
@@ -58,8 +68,19 @@ def build_examples(rows: list[dict], tokenizer, kind: str | None, prm_label: str
             ex["positions"] = score_positions(n_prompt, ends)[-1:]
             ex["targets"] = [float(r["outcome"])]
         elif kind is not None:
-            ex["positions"] = score_positions(n_prompt, ends)
-            ex["targets"] = [float(x) for x in (r["he"] if kind == "prm" and prm_label == "he" else r["q_hat"])]
+            hard = kind == "prm" and prm_label == "he"
+            # The prompt-position target is in the same units as the step targets of this kind:
+            # HE -> hard_estimate(v0) = 1 iff some completion of the bare prompt was right (v0 =
+            # n_correct / n_mc of the prompt, so this is exactly how mc_label derives HE of a step);
+            # SE and PAV -> v0, Q_hat of the completer. PAV deliberately uses `v0`, not `v0_bok`:
+            # its head learns Q^pi of the completer (targets q_hat, not q_bok), and the Best-of-K
+            # prover is applied to the head's outputs at scoring time (pav_effective_rewards takes
+            # best_of_k of both Q_h and V(x)); training V(x) on v0_bok would apply it twice.
+            v0 = float(hard_estimate(r["v0"])) if hard else float(r["v0"])
+            # Every seed rollout of a prompt carries the same v0, so V(x) is one target per row,
+            # as each step is (the prompt position sees only the prompt: the same logit each time).
+            ex["positions"] = [n_prompt - 1] + score_positions(n_prompt, ends)
+            ex["targets"] = [v0] + [float(x) for x in (r["he"] if hard else r["q_hat"])]
         out.append(ex)
     return out
 
@@ -116,12 +137,15 @@ def heldout_metrics(rm, rows: list[dict], batch_size: int) -> dict:
 
 
 def run_training(engine, n_items: int, per_batch: int, epochs: int, seed: int, desc: str, batch_loss, item_weight,
-                 item_tokens, compute: Compute, n_params: int) -> list[float]:
+                 item_tokens, compute: Compute, n_params: int, before_batch=None) -> list[float]:
     """The loop every reward model shares: shuffled epochs (the order is a function of the
     epoch), one optimizer step per batch through `train_batch` (split over ranks and micro
     batches), NaN/inf check. `batch_loss(indices)` is the mean loss of those items, whose
     weights in it are `item_weight(i)` (so the batch's loss is the same however it is split);
-    `item_tokens(i)` the tokens item i puts through the model."""
+    `item_tokens(i)` the tokens item i puts through the model. `before_batch(indices)`, if given,
+    runs once per optimizer batch (on every rank, with the whole batch) before its micro batches:
+    the place for quantities of the whole batch that the loss treats as constants (KTO's
+    reference point)."""
     losses: list[float] = []
     for epoch in range(epochs):
         order = list(range(n_items))
@@ -130,6 +154,8 @@ def run_training(engine, n_items: int, per_batch: int, epochs: int, seed: int, d
                       disable=not is_main()):
             engine.train()
             idx = order[s:s + per_batch]
+            if before_batch is not None:
+                before_batch(idx)
             loss, _, _ = train_batch(engine, idx, [item_weight(i) for i in idx], lambda sub: (batch_loss(sub), {}, None),
                                      engine.train_micro_batch_size_per_gpu(), what=f"{desc} loss", step=len(losses))
             losses.append(loss)
@@ -148,16 +174,16 @@ def train_head(rm: HeadRewardModel, examples: list[dict], rmc: dict, weights, se
         batch = collate([e["prompt_ids"] for e in chunk], [e["response_ids"] for e in chunk], rm.tokenizer.pad_token_id)
         return head_loss(rm.position_logits(engine, batch), chunk, weights)
 
-    # head_loss averages over target positions (class weights inside the mean): an example weighs its targets
+    # head_loss averages over target positions (class weights inside the mean): an example weighs
+    # its number of target positions, the prompt position of MC-label kinds included
     losses = run_training(engine, len(examples), bs, epochs, seed, kind, batch_loss,
-                          lambda i: len(examples[i]["targets"]),
+                          lambda i: len(examples[i]["positions"]),
                           lambda i: len(examples[i]["prompt_ids"]) + len(examples[i]["response_ids"]),
                           compute, count_params(rm.model))
     rm.model = engine.module
     return losses, compute
 
 
-IMPLICIT_LOSSES = ("ce", "ce_inst", "ce_data", "dpo", "kto", "nca")
 
 
 def implicit_examples(rows: list[dict], tokenizer) -> list[dict]:
@@ -249,17 +275,57 @@ def reference_logprobs(prm: ImplicitPRM, examples: list[dict], batch_size: int) 
     return out
 
 
+def kto_mismatched(examples: list[dict], batch: list[int]) -> list[dict]:
+    """KTO's mismatched pairs of a batch of example indices: prompt x_k with the response of the
+    next item, y_{k+1 mod B} (TRL `_get_kl_dataset` rotates the batch's completions by one)."""
+    n = len(batch)
+    return [dict(examples[i], response_ids=examples[batch[(k + 1) % n]]["response_ids"]) for k, i in enumerate(batch)]
+
+
+@torch.no_grad()
+def kto_reference_point(prm: ImplicitPRM, model, examples: list[dict], batch: list[int], micro_batch_size: int,
+                        distributed: bool = True) -> torch.Tensor:
+    """KTO's reference point z0 of one optimizer batch: `kto_kl_estimate` over the rewards of the
+    mismatched pairs of the *whole* batch (`kto_mismatched`), as TRL and OpenRLHF take it over the
+    batch (all-gathered across processes). Computing it inside each micro batch instead would make
+    the loss depend on how the batch is split: a micro batch of one pairs an example with its own
+    response, so z0 = max(0, r_i), a zero-information "KL".
+
+    z0 is detached in KTO, so a no-grad forward suffices. With `distributed` and several ranks,
+    rank r scores pairs r, r + N, ... in forwards of `micro_batch_size` (every rank takes the same
+    number, as ZeRO-3 gathers parameters collectively) and the rewards are all-reduced into one
+    vector of the batch, so every rank gets the same z0 as a single process. Returns a scalar."""
+    rank, world = rank_world() if distributed else (0, 1)
+    mism = kto_mismatched(examples, batch)
+    mine = list(range(rank, len(batch), world))
+    n_forwards = accumulation_steps(len(batch), micro_batch_size, world)  # train_batch's count per rank
+    r_mm = None
+    for c in range(n_forwards):
+        idx = mine[c * micro_batch_size:(c + 1) * micro_batch_size]
+        trs = prm.response_token_rewards(model, [mism[j] for j in (idx or [0])])
+        if r_mm is None:
+            r_mm = torch.zeros(len(batch), dtype=torch.float32, device=trs[0].device)
+        for j, t in zip(idx, trs):  # a padding forward (no items of this rank left) adds nothing
+            r_mm[j] = t.float().sum()
+    if world > 1:  # each entry is filled on exactly one rank: the sum is the whole batch's vector
+        torch.distributed.all_reduce(r_mm)
+    return kto_kl_estimate(r_mm)
+
+
 def implicit_loss(prm: ImplicitPRM, model, loss: str, items: list, examples: list[dict], ref: list[torch.Tensor],
-                  weights: torch.Tensor | None, step_coef: float = 0.0) -> torch.Tensor:
+                  weights: torch.Tensor | None, step_coef: float = 0.0,
+                  kl_ref: torch.Tensor | None = None) -> torch.Tensor:
     """Loss of one batch: `items` are example indices (CE, KTO) or (chosen, rejected) pairs
     (DPO, NCA). With `step_coef` > 0, CE and KTO add `step_coef` x the BCE of sigmoid(q_h) against
-    the examples' MC step labels (`step_label_loss`). Returns the batch's loss."""
+    the examples' MC step labels (`step_label_loss`). KTO takes its reference point `kl_ref`, that
+    of the whole optimizer batch (`kto_reference_point`) when `items` is one micro batch of it;
+    None: `items` is the whole batch and z0 is computed over it here. Returns the batch's loss."""
     def rewards(idx):
         exs = [examples[i] for i in idx]
         trs = prm.response_token_rewards(model, exs, [ref[i] for i in idx])
         return torch.stack([t.sum() for t in trs]), trs
 
-    if loss in ("dpo", "nca"):
+    if loss in PAIR_LOSSES:
         r, _ = rewards([w for w, _ in items] + [l for _, l in items])
         r_w, r_l = r[: len(items)], r[len(items):]
         return dpo_loss(r_w, r_l) if loss == "dpo" else nca_loss(r_w, r_l)
@@ -268,11 +334,9 @@ def implicit_loss(prm: ImplicitPRM, model, loss: str, items: list, examples: lis
     step = step_label_loss(trs, [examples[i] for i in items]) if step_coef > 0 else None
     extra = 0.0 if step is None else step_coef * step
     if loss == "kto":
-        # KL reference point: rewards of mismatched (x_i, y_{i+1}) pairs in the batch (KTO / TRL)
-        mism = [dict(examples[i], response_ids=examples[items[(k + 1) % len(items)]]["response_ids"])
-                for k, i in enumerate(items)]
-        r_mm = torch.stack([t.sum() for t in prm.response_token_rewards(model, mism)])
-        return kto_loss(r, labels, kto_kl_estimate(r_mm)) + extra
+        if kl_ref is None:  # `items` is a whole batch in one process (no micro batches to share z0 with)
+            kl_ref = kto_reference_point(prm, model, examples, list(items), len(items), distributed=False)
+        return kto_loss(r, labels, kl_ref) + extra
     w = weights[items].to(r.device) if weights is not None else None
     return ce_loss(r, labels, w) + extra
 
@@ -281,7 +345,7 @@ def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str,
                    step_coef: float = 0.0) -> tuple[list[float], Compute]:
     if loss not in IMPLICIT_LOSSES:
         raise ValueError(f"implicit PRM loss must be one of {IMPLICIT_LOSSES}, got {loss!r}")
-    if step_coef > 0 and loss in ("dpo", "nca"):
+    if step_coef > 0 and loss in PAIR_LOSSES:
         raise ValueError(f"step labels add a per-example term; loss {loss!r} trains on pairs (use ce, ce_inst, "
                          "ce_data or kto)")
     bs, epochs = int(rmc["batch_size"]), int(rmc["epochs"])
@@ -289,7 +353,7 @@ def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str,
     compute = Compute()
     ref = reference_logprobs(prm, examples, bs)
     compute.add_scoring(n_params, sum(len(e["prompt_ids"]) + len(e["response_ids"]) for e in examples))
-    items = preference_pairs(examples) if loss in ("dpo", "nca") else list(range(len(examples)))
+    items = preference_pairs(examples) if loss in PAIR_LOSSES else list(range(len(examples)))
     if not items:
         raise ValueError(f"no training items for implicit loss {loss!r} (no correct/incorrect pairs?)")
     labels = torch.tensor([e["label"] for e in examples])
@@ -298,7 +362,7 @@ def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str,
         weights = balanced_ce_weights(labels, [e["instruction"] for e in examples])
     elif loss == "ce_data":
         weights = balanced_ce_weights(labels, [e["dataset"] for e in examples])
-    pairs = loss in ("dpo", "nca")
+    pairs = loss in PAIR_LOSSES
     per_batch = max(1, bs // 2) if pairs else bs  # a pair is two sequences
     train_cfg = {**rmc, "lr": rmc["implicit_lr"]}
     if pairs and rmc.get("micro_batch_size"):
@@ -309,19 +373,31 @@ def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str,
         return len(examples[i]["prompt_ids"]) + len(examples[i]["response_ids"])
 
     def item_weight(j: int) -> float:
-        # CE: its weighted mean over examples; pairs: a mean over pairs. KTO's KL reference point
-        # and the step-label term are taken within each micro batch (exact without micro batches)
+        # CE: its weighted mean over examples; pairs and KTO: a mean over items (KTO's reference
+        # point is the whole batch's, fixed before its micro batches). The step-label term is a
+        # mean within each micro batch (exact without micro batches)
         return float(weights[items[j]]) if weights is not None else 1.0
 
     def item_tokens(j: int) -> int:
         if pairs:
             return seq_tokens(items[j][0]) + seq_tokens(items[j][1])
-        return seq_tokens(items[j]) * (2 if loss == "kto" else 1)  # KTO also scores a mismatched pair
+        return seq_tokens(items[j])
+
+    # KTO: z0 of the optimizer batch about to be trained, shared by all of its micro batches
+    kl: dict[str, torch.Tensor] = {}
+
+    def kto_batch(idx: list[int]) -> None:
+        batch = [items[i] for i in idx]
+        kl["z0"] = kto_reference_point(prm, engine, examples, batch, engine.train_micro_batch_size_per_gpu())
+        # a forward without backward: scoring FLOPs of the mismatched pairs (x_k, y_{k+1})
+        mism = kto_mismatched(examples, batch)
+        compute.add_scoring(n_params, sum(len(e["prompt_ids"]) + len(e["response_ids"]) for e in mism))
 
     losses = run_training(engine, len(items), per_batch, epochs, seed, f"implicit {loss}",
                           lambda idx: implicit_loss(prm, engine, loss, [items[i] for i in idx], examples, ref, weights,
-                                                    step_coef),
-                          item_weight, item_tokens, compute, n_params)
+                                                    step_coef, kl.get("z0")),
+                          item_weight, item_tokens, compute, n_params,
+                          before_batch=kto_batch if loss == "kto" else None)
     prm.model = engine.module
     return losses, compute
 

@@ -71,7 +71,7 @@ def mc_row(tok):
     response = "3+4=7\n7*2=4\n#### 4"
     ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
     return {"prompt": "3+4*2=?\n", "response_ids": ids, "step_ends": [6, 12, 18], "outcome": 1,
-            "he": [1, 0, 1], "q_hat": [0.75, 0.0, 1.0], "first_error": None}
+            "he": [1, 0, 1], "q_hat": [0.75, 0.0, 1.0], "v0": 0.4, "v0_bok": 1 - 0.6 ** 4, "first_error": None}
 
 
 def test_build_examples_targets_and_positions(policy_dir):
@@ -79,12 +79,17 @@ def test_build_examples_targets_and_positions(policy_dir):
     row = mc_row(rm.tokenizer)
     p = len("3+4*2=?\n")  # one token per character
     orm, = build_examples([row], rm.tokenizer, "orm")
-    assert orm["positions"] == [p + 18 - 1] and orm["targets"] == [1.0]  # last step's final token
+    assert orm["positions"] == [p + 18 - 1] and orm["targets"] == [1.0]  # last step's final token, no V(x)
+    # MC-label kinds: the prompt's last token (p - 1, where scoring reads V(x)) first, then each step end
     he, = build_examples([row], rm.tokenizer, "prm", "he")
-    assert he["positions"] == [p + 5, p + 11, p + 17] and he["targets"] == [1.0, 0.0, 1.0]
+    assert he["positions"] == [p - 1, p + 5, p + 11, p + 17] and he["targets"] == [1.0, 1.0, 0.0, 1.0]  # v0 > 0: HE 1
+    he0, = build_examples([dict(row, v0=0.0, v0_bok=0.0)], rm.tokenizer, "prm", "he")
+    assert he0["targets"][0] == 0.0  # no completion of the bare prompt was right
     se, = build_examples([row], rm.tokenizer, "prm", "se")
     pav, = build_examples([row], rm.tokenizer, "pav")
-    assert se["targets"] == pav["targets"] == [0.75, 0.0, 1.0]
+    # PAV's V(x) target is the completer's v0 (the head learns Q^pi; Best-of-K is applied at scoring)
+    assert se["targets"] == pav["targets"] == [0.4, 0.75, 0.0, 1.0]
+    assert se["positions"] == pav["positions"] == he["positions"]
 
 
 def test_scoring_interface_save_load_roundtrip_and_pav(policy_dir, tmp_path):
