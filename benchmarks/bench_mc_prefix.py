@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from pipeline.mc_label import select_seeds
+from pipeline.mc_values import select_seeds
 from pipeline.modeling import load_policy
 from pipeline.sampler import HFSampler
 from pipeline.steps import step_token_ends

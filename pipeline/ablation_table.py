@@ -39,9 +39,9 @@ import math
 import pandas as pd
 
 from .metrics import auroc
-from .mc_label import best_of_k, prefix_truth
-from .tables import final_val, mean, seed_summary, write_csv
-from .utils import atomic_path, read_json, read_jsonl, setup_logging
+from .mc_values import best_of_k, prefix_truth
+from .rl_summary import final_val, mean, seed_summary
+from .utils import atomic_path, read_json, read_jsonl, setup_logging, write_csv
 from .verify import best_of_n_accuracy, load_pool
 
 log = logging.getLogger("pipeline.ablation_table")

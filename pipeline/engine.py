@@ -149,6 +149,9 @@ def lr_lambda(warmup: int, total: int, schedule: str):
     return f
 
 
+ADAM_BETAS = (0.9, 0.95)  # AdamW betas of every trainer (not a config key)
+
+
 def deepspeed_config(train_cfg: dict, micro_batch_size: int, hidden_size: int | None = None,
                      accumulation_steps: int = 1) -> dict:
     """The DeepSpeed config of a trainer (a pure function of its config section).
@@ -159,7 +162,7 @@ def deepspeed_config(train_cfg: dict, micro_batch_size: int, hidden_size: int | 
     without it DeepSpeed's defaults apply. ZeRO-3 gathers the 16-bit weights when a model is saved
     (`stage3_gather_16bit_weights_on_model_save`), and `offload_optimizer` keeps the Adam states in
     pinned CPU memory, so a 7-8B model trains on one 80 GB GPU."""
-    stage = int(train_cfg.get("zero_stage", 0))
+    stage = int(train_cfg["zero_stage"])
     zero: dict = {"stage": stage}
     if stage >= 1:
         zero.update(overlap_comm=True, contiguous_gradients=True)
@@ -167,7 +170,7 @@ def deepspeed_config(train_cfg: dict, micro_batch_size: int, hidden_size: int | 
             zero["reduce_bucket_size"] = int(hidden_size) * int(hidden_size)
             if stage < 3:
                 zero["allgather_bucket_size"] = int(hidden_size) * int(hidden_size)
-        if train_cfg.get("offload_optimizer"):
+        if train_cfg["offload_optimizer"]:
             zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if stage == 3:
         zero.update(stage3_gather_16bit_weights_on_model_save=True, stage3_max_live_parameters=int(1e9),
@@ -175,15 +178,15 @@ def deepspeed_config(train_cfg: dict, micro_batch_size: int, hidden_size: int | 
         if hidden_size:
             zero["stage3_prefetch_bucket_size"] = int(0.9 * int(hidden_size) * int(hidden_size))
             zero["stage3_param_persistence_threshold"] = 10 * int(hidden_size)
-    elif train_cfg.get("offload_optimizer") and stage == 0:
+    elif train_cfg["offload_optimizer"] and stage == 0:
         raise ValueError("offload_optimizer needs ZeRO (zero_stage 1-3)")
     return {
         "train_micro_batch_size_per_gpu": int(micro_batch_size),
         "gradient_accumulation_steps": int(accumulation_steps),
-        "gradient_clipping": float(train_cfg.get("grad_clip", 1.0)),
+        "gradient_clipping": float(train_cfg["grad_clip"]),
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": bool(train_cfg.get("bf16", False))},
+        "bf16": {"enabled": bool(train_cfg["bf16"])},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
@@ -196,23 +199,23 @@ def build_engine(model, train_cfg: dict, total_steps: int, batch_size: int):
     micro batches of that size (`train_batch` runs the step; the engine's
     `train_micro_batch_size_per_gpu()` is the forward size it uses).
 
-    train_cfg keys: lr, weight_decay, betas, warmup_steps, schedule, grad_clip, zero_stage, bf16,
+    train_cfg keys (a validated sft / rm / rl section): lr, weight_decay, warmup_steps, schedule, grad_clip, zero_stage, bf16,
     offload_optimizer (DeepSpeed's CPU Adam then steps the optimizer; see `deepspeed_config`),
     micro_batch_size.
     """
     init_distributed()
     import deepspeed
 
-    opt_kwargs = dict(lr=float(train_cfg["lr"]), betas=tuple(train_cfg.get("betas", (0.9, 0.95))),
-                      weight_decay=float(train_cfg.get("weight_decay", 0.0)))
-    if train_cfg.get("offload_optimizer"):  # ZeRO-Offload steps the optimizer on the CPU
+    opt_kwargs = dict(lr=float(train_cfg["lr"]), betas=ADAM_BETAS,
+                      weight_decay=float(train_cfg["weight_decay"]))
+    if train_cfg["offload_optimizer"]:  # ZeRO-Offload steps the optimizer on the CPU
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         optimizer = DeepSpeedCPUAdam(model.parameters(), adamw_mode=True, **opt_kwargs)
     else:
         optimizer = torch.optim.AdamW(model.parameters(), **opt_kwargs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(int(train_cfg.get("warmup_steps", 0)), total_steps, train_cfg.get("schedule", "constant")))
+        optimizer, lr_lambda(int(train_cfg["warmup_steps"]), total_steps, train_cfg["schedule"]))
     hidden = getattr(getattr(model, "config", None), "hidden_size", None)
     world = rank_world()[1]
     micro = min(int(train_cfg.get("micro_batch_size") or batch_size), -(-int(batch_size) // world))

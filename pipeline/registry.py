@@ -1,8 +1,9 @@
 """What exists: the online-RL methods and the reward models, by name. Everything else derives
 from these two tables: the schema's enums (`pipeline.config` fills them in), which `rl.<section>`
 config blocks reach which RL jobs (`method_view`, used by rl.smk), which methods read a trained
-reward model and of which kind (`rl_reward_model`), and how each reward model is trained
-(reward_models.smk). No torch here: the workflow imports this module when it builds the DAG.
+reward model and of which kind (`rl_reward_model`), which class holds each reward-model kind
+(`REWARD_KINDS`, loaded by `pipeline.rewards.load_reward_model`) and how each reward model is
+trained (reward_models.smk). No torch here: the workflow imports this module when it builds the DAG.
 
 Adding an RL method: a module under pipeline/rl/ with a class derived from
 `pipeline.rl.base.Method`, one `RLMethodSpec` line below, and (when it has settings) one
@@ -72,11 +73,30 @@ def rl_reward_model(rl: dict, algo: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class RewardKindSpec:
+    kind: str              # orm | prm | pav | implicit: rm_meta.json's "kind", train_rm's --kind
+    module: str            # pipeline.rewards.<module> holds the class that trains, saves and scores it
+    cls: str
+    noun: str              # for messages: "an ORM"
+    outcome_labelled: bool  # trained on seed rollouts' outcomes (True) or on MC step labels
+
+
+REWARD_KINDS: dict[str, RewardKindSpec] = {s.kind: s for s in (
+    RewardKindSpec("orm", "head", "HeadRewardModel", "an ORM", True),
+    RewardKindSpec("prm", "head", "HeadRewardModel", "an MC-PRM", False),
+    RewardKindSpec("pav", "head", "HeadRewardModel", "a PAV reward model", False),
+    RewardKindSpec("implicit", "implicit", "ImplicitPRM", "an implicit PRM", True),
+)}
+OUTCOME_LABELLED_KINDS = tuple(k for k, s in REWARD_KINDS.items() if s.outcome_labelled)
+KIND_NOUNS = {k: s.noun for k, s in REWARD_KINDS.items()}
+
+
+@dataclass(frozen=True)
 class RewardModelSpec:
     name: str     # the value in rm.models, the rm/<name>/ folder
-    kind: str     # orm | prm | pav | implicit (the class that holds it: pipeline.reward_models)
+    kind: str     # a key of REWARD_KINDS
     label: str    # MC-PRMs: the Math-Shepherd label trained on (he / se)
-    loss: str     # implicit PRMs: the outcome loss (rm_losses); heads: ce
+    loss: str     # implicit PRMs: the outcome loss (rewards.losses); heads: ce
 
 
 IMPLICIT_LOSSES = ("ce", "ce_inst", "ce_data", "dpo", "kto", "nca")
@@ -88,8 +108,6 @@ REWARD_MODELS: dict[str, RewardModelSpec] = {s.name: s for s in (
     RewardModelSpec("pav", "pav", "se", "ce"),
     *(RewardModelSpec(f"implicit_{loss}", "implicit", "se", loss) for loss in IMPLICIT_LOSSES),
 )}
-OUTCOME_LABELLED_KINDS = ("orm", "implicit")  # trained on seed rollouts' outcomes, not on MC labels
-KIND_NOUNS = {"orm": "an ORM", "prm": "an MC-PRM", "pav": "a PAV reward model", "implicit": "an implicit PRM"}
 
 
 def reward_model_kind(name: str) -> str:

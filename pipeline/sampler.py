@@ -445,15 +445,17 @@ def make_sampler(sampling_cfg: dict, model=None, tokenizer=None, model_path: str
                  colocate: bool = False) -> Sampler:
     """Build the configured backend. The HF backend wraps an in-memory model (so RL samples
     from the weights it is training); vLLM loads `model_path` (`colocate`: in this process, for
-    `VLLMSampler.sync_weights` from a trainer beside it)."""
-    backend = sampling_cfg.get("backend", "hf")
+    `VLLMSampler.sync_weights` from a trainer beside it). `sampling_cfg` is the validated
+    `sampling` section (its defaults filled in by the schema)."""
+    backend = sampling_cfg["backend"]
     if backend == "hf":
         if model is None:
             from .modeling import load_policy
             model, tokenizer = load_policy(model_path)
-        return HFSampler(model, tokenizer, batch_size=sampling_cfg.get("batch_size", 256),
-                         progress=sampling_cfg.get("progress", True))
+        return HFSampler(model, tokenizer, batch_size=sampling_cfg["batch_size"], progress=sampling_cfg["progress"])
     if backend == "vllm":
-        return VLLMSampler(model_path, tensor_parallel_size=sampling_cfg.get("tensor_parallel_size", 1),
-                           gpu_memory_utilization=sampling_cfg.get("gpu_memory_utilization", 0.85), colocate=colocate)
+        # tensor_parallel_size has no schema default: the workflow sets it per job to the job's GPUs
+        # (common.smk `sampling_of`); absent (no GPUs, or a stage run by hand) is one device
+        return VLLMSampler(model_path, tensor_parallel_size=sampling_cfg.get("tensor_parallel_size") or 1,
+                           gpu_memory_utilization=sampling_cfg["gpu_memory_utilization"], colocate=colocate)
     raise ValueError(f"sampling.backend must be 'hf' or 'vllm', got {backend!r}")

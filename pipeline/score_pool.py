@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .flops import Compute
-from .reward_models import load_reward_model, scoring_examples
+from .rewards import load_reward_model, scoring_examples
 from .task import format_prompt
 from .utils import read_jsonl, stage_parser, start_stage, write_json, write_jsonl
 

@@ -9,7 +9,7 @@ the search keeps up to B (beam width) partial solutions, the beams, all starting
 2. Score. The verifier scores every candidate, i.e. the beam's steps plus the new one. With
    `aggregation: last` that is the newest step's score, which for PAV is its effective reward
    Q^pi + alpha * A^mu (Best-of-K prover advantage); `min` / `mean` / `product` aggregate all
-   steps (`reward_models.aggregate`).
+   steps (`rewards.aggregate`).
 3. Select. Keep the top (B - |pool|) candidates of the prompt by score (ties: candidate order).
    A kept candidate that is complete (ended with EOS, or cannot be extended because the
    response hit `sampling.max_new_tokens`) moves to the prompt's pool and stops, so the beam
@@ -35,7 +35,7 @@ whole response, as for rollouts).
 
 Text handling: a step is the sampled text cut after the first delimiter (a BPE token may carry
 text past it). The prefix for the next step and the reward models' inputs re-tokenise
-prompt and response text separately (through `reward_models.scoring_examples`), with EOS appended
+prompt and response text separately (through `rewards.scoring_examples`), with EOS appended
 to a finished response.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .flops import Compute
-from .reward_models import AGGREGATIONS, aggregate, load_reward_model, scoring_examples
+from .rewards import AGGREGATIONS, aggregate, load_reward_model, scoring_examples
 from .sampler import make_sampler
 from .steps import split_steps_with_ends
 from .task import format_prompt, judge
@@ -204,7 +204,7 @@ def make_expand(sampler, prompt_ids: list[list[int]], *, delimiter: str, max_new
 
 def rm_examples(tokenizer, prompts: list[str], reqs, delimiter: str) -> tuple[list[dict], list[int]]:
     """Scoring examples for (prompt index, steps, finished) requests, through the one
-    row -> example path (`reward_models.scoring_examples`), and the indices of the requests that
+    row -> example path (`rewards.scoring_examples`), and the indices of the requests that
     have at least one non-blank step. A finished response gets its EOS back."""
     rows = []
     for p, steps, finished in reqs:

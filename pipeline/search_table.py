@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .utils import atomic_path, read_json, stage_parser, start_stage
+from .utils import atomic_path, read_json, stage_parser, start_stage, write_csv
 from .verify import attach_scores, draw_subsets, load_pool, m_best_of_n, subset_accuracy
 
 log = logging.getLogger("pipeline.search_table")
@@ -122,8 +122,7 @@ def main(argv=None) -> None:
                       "bon_tokens_to_match": ratio * s["generated_tokens_per_prompt"] if reached else None,
                       "efficiency_vs_bon": ratio, "reached": "yes" if reached else "not reached (ratio is a lower bound)"})
     table = pd.DataFrame(rows + beams)
-    with atomic_path(args.out) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.4f")
+    write_csv(table, args.out)
     plot(bon, pd.DataFrame(beams), args.plot, Path(args.pool).stem)
     log.info("table3:\n%s", table.to_string(index=False))
 

@@ -37,12 +37,12 @@ from tqdm import tqdm
 
 from .engine import accumulation_steps, build_engine, is_main, rank_world, train_batch
 from .flops import Compute, count_params
-from .mc_label import hard_estimate
+from .mc_values import hard_estimate, select_seeds
 from .metrics import auroc, within_group_auroc
 from .registry import IMPLICIT_LOSSES, PAIR_LOSSES
-from .reward_models import (AGGREGATIONS, HeadRewardModel, ImplicitPRM, aggregate, score_positions,
+from .rewards import (AGGREGATIONS, HeadRewardModel, ImplicitPRM, aggregate, score_positions,
                             scoring_examples)
-from .rm_losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss, step_q_values
+from .rewards.losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss, step_q_values
 from .scoring import collate, split_responses, token_logprobs
 from .utils import read_json, read_jsonl, seed_everything, stage_parser, start_stage, write_json
 
@@ -207,8 +207,6 @@ def subsample_rows(rows: list[dict], responses_per_instruction: int | None = Non
         raise ValueError(f"responses_per_instruction must be >= 1, got {responses_per_instruction}")
     if responses_per_instruction is None and instruction_frac == 1:
         return list(rows)
-    from .mc_label import select_seeds
-
     n_inst = len({r["id"] for r in rows})
     n_keep = max(1, round(instruction_frac * n_inst))
     return select_seeds(rows, n_keep, responses_per_instruction or len(rows), seed)

@@ -181,3 +181,16 @@ def parse_cfg(arg: str) -> dict:
     if not isinstance(cfg, dict):
         raise SystemExit("--cfg must be a JSON object")
     return cfg
+
+
+def write_csv(df, path: str | Path) -> None:
+    """A pandas frame as CSV, atomically: floats with 4 decimals (text in mixed columns as it is),
+    no index."""
+    # float_format only reaches float columns; the *_to_target columns mix numbers and text
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else v
+    out = df.copy()
+    for c in out.columns[out.dtypes == object]:
+        out[c] = out[c].map(fmt)
+    with atomic_path(path) as tmp:
+        out.to_csv(tmp, index=False, float_format="%.4f")

@@ -39,8 +39,8 @@ import pandas as pd
 
 from .grader import extract_answer
 from .metrics import auroc
-from .reward_models import AGGREGATIONS, aggregate
-from .utils import atomic_path, read_json, read_jsonl, stage_parser, start_stage
+from .rewards import AGGREGATIONS, aggregate
+from .utils import atomic_path, read_json, read_jsonl, stage_parser, start_stage, write_csv
 
 log = logging.getLogger("pipeline.verify")
 
@@ -392,11 +392,8 @@ def main(argv=None) -> None:
         log.info("%s: best aggregation %s (held-out AUROC)", rm, best)
     long = table1(pools, rms, [int(n) for n in vc["n_values"]], int(vc["n_subsets"]), int(cfg["seed"]))
     wide = wide_table1(long)
-    with atomic_path(args.table1) as tmp:
-        wide.to_csv(tmp, index=False, float_format="%.4f")
-    long_path = Path(args.table1).with_name(Path(args.table1).stem + "_long.csv")
-    with atomic_path(long_path) as tmp:
-        long.to_csv(tmp, index=False, float_format="%.4f")
+    write_csv(wide, args.table1)
+    write_csv(long, Path(args.table1).with_name(Path(args.table1).stem + "_long.csv"))
     plot_table1(long, args.plot)
     log.info("table1:\n%s", wide.to_string(index=False))
     if args.table4:
@@ -408,10 +405,9 @@ def main(argv=None) -> None:
                 raise SystemExit(f"{d}/{args.calib}.jsonl: no first_error; table4 needs the testbed")
             calib[rm] = rows
         t4 = table4(pools, calib, list(scores), calib_paths)
-        with atomic_path(args.table4) as tmp:
-            # nan (an undefined metric: step AUROC or F1 with one class, no right-answer-wrong-process
-            # solutions) is written as an empty cell, pandas' default na_rep, for every column alike
-            t4.to_csv(tmp, index=False, float_format="%.4f")
+        # nan (an undefined metric: step AUROC or F1 with one class, no right-answer-wrong-process
+        # solutions) is written as an empty cell, pandas' default na_rep, for every column alike
+        write_csv(t4, args.table4)
         log.info("table4:\n%s", t4.to_string(index=False))
 
 

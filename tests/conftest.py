@@ -16,6 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "config" / "smoke.yaml"
 # the validated tiny model section: hand-sized test models start from it, so every key is there
 MODEL_SECTION = load_preset()["model"]
+# the trainer keys every sft / rm / rl section holds once validated (engine.build_engine reads them
+# strictly): hand-built train configs in tests start from the validated rm section's values
+TRAINER = {k: load_preset()["rm"][k] for k in ("lr", "warmup_steps", "schedule", "weight_decay", "grad_clip", "zero_stage",
+                                               "bf16", "offload_optimizer")}
 SMOKE_TARGETS = ["results/table2.csv", "results/table1.csv", "results/table3.csv", "results/table4.csv", "results/rollouts/medium/train.jsonl", "results/mc/medium/train.jsonl",
                  *[f"results/rm/{m}/metrics.json" for m in ("orm", "prm_he", "prm_se", "pav", "implicit_ce_inst",
                                                            "implicit_dpo", "implicit_kto")]]

@@ -19,7 +19,7 @@ from pipeline.config import REPO, ConfigError, ablation_grid, is_default_cell, l
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama, save_policy
 from pipeline.train_rm import (attach_step_labels, dedup_rows, implicit_examples, step_label_loss, subsample_rows,
                                train_implicit)
-from conftest import MODEL_SECTION, SMOKE, snakemake
+from conftest import MODEL_SECTION, SMOKE, TRAINER, snakemake
 
 TINY_CFG = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 
@@ -122,7 +122,7 @@ TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers
 
 
 def test_implicit_prm_trains_with_extra_step_labels(tmp_path):
-    from pipeline.reward_models import ImplicitPRM
+    from pipeline.rewards import ImplicitPRM
 
     tok = build_char_tokenizer()
     save_policy(build_tiny_llama(tok, TINY, seed=0), tok, tmp_path / "policy")
@@ -139,8 +139,8 @@ def test_implicit_prm_trains_with_extra_step_labels(tmp_path):
     mc = [{"id": "a", "sample_idx": 1, "he": [0, 0, 0], "q_hat": [0.0, 0.0, 0.0]}]  # only the wrong one is labelled
     assert attach_step_labels(ex, rows, mc, "he") == 1
     assert "step_targets" not in ex[0] and ex[1]["step_targets"] == [0.0, 0.0, 0.0]
-    rmc = {"batch_size": 2, "epochs": 6, "lr": 0.003, "implicit_lr": 0.003, "warmup_steps": 0, "schedule": "constant", "grad_clip": 1.0,
-           "zero_stage": 0, "bf16": False}
+    rmc = {**TRAINER, "batch_size": 2, "epochs": 6, "lr": 0.003, "implicit_lr": 0.003, "warmup_steps": 0,
+           "schedule": "constant", "grad_clip": 1.0, "zero_stage": 0, "bf16": False}
     losses, _ = train_implicit(prm, ex, rmc, "ce", seed=0, step_coef=1.0)
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
     first_step = [s[0] for s in prm.step_scores(ex)]

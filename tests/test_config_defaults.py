@@ -78,11 +78,6 @@ def config_key_names() -> set[str]:
 
 
 LITERAL_FALLBACK_ALLOWED = {
-    # sampler / engine take sections that benchmarks and tests also build by hand
-    ("sampler.py", "backend"), ("sampler.py", "batch_size"), ("sampler.py", "progress"),
-    ("sampler.py", "tensor_parallel_size"), ("sampler.py", "gpu_memory_utilization"),
-    ("engine.py", "zero_stage"), ("engine.py", "grad_clip"), ("engine.py", "weight_decay"),
-    ("engine.py", "warmup_steps"), ("engine.py", "schedule"), ("engine.py", "bf16"),
     # fields of records and examples that share a config key's name
     ("testbed.py", "answer_format"), ("train_rm.py", "targets"),
     # validation reads optional keys of a config it has not yet accepted

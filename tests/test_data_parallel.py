@@ -20,7 +20,7 @@ from pipeline.config import load_preset
 from pipeline.engine import accumulation_steps, build_engine, train_batch
 from pipeline.modeling import build_char_tokenizer
 from pipeline.sft import sft_loss
-from conftest import MODEL_SECTION, SMOKE, scaled_tiny_llama
+from conftest import MODEL_SECTION, SMOKE, TRAINER, scaled_tiny_llama
 
 MODEL = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 64}
 
@@ -48,7 +48,7 @@ def _train(tok, examples, batch_size: int, micro: int | None, steps: int = 3, ba
     """Train a fresh tiny Llama; returns (final weights, batch losses, the gradients each
     optimizer step saw (captured in front of AdamW), the engine)."""
     model = scaled_tiny_llama(tok, MODEL, seed=0, scale=0.1)
-    cfg = {"lr": 1e-2, "grad_clip": 1e6, "micro_batch_size": micro}
+    cfg = {**TRAINER, "lr": 1e-2, "grad_clip": 1e6, "micro_batch_size": micro}
     engine = build_engine(model, cfg, total_steps=steps, batch_size=batch_size)
     grads: list[list[torch.Tensor]] = []
     engine.optimizer.register_step_pre_hook(
@@ -105,7 +105,7 @@ def test_too_many_items_for_the_engine_is_an_error():
     tok = build_char_tokenizer()
     ex = _examples(tok, 4)
     model = scaled_tiny_llama(tok, MODEL, seed=0, scale=0.1)
-    engine = build_engine(model, {"lr": 1e-3, "micro_batch_size": 2}, total_steps=1, batch_size=2)
+    engine = build_engine(model, {**TRAINER, "lr": 1e-3, "micro_batch_size": 2}, total_steps=1, batch_size=2)
     with pytest.raises(ValueError, match="accumulation_steps"):
         train_batch(engine, ex, [1.0] * 4, lambda e: (sft_loss(engine, e, tok.pad_token_id)[0], {}, None), 2)
 

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from pipeline.engine import deepspeed_config, full_state_dict, gathered_named_parameters, is_zero3_partitioned
-from conftest import MODEL_SECTION
+from conftest import MODEL_SECTION, TRAINER
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama
 
 HIDDEN = 4096  # Llama-3.1-8B / Mistral-7B / DeepSeekMath-7B
 
 
 def test_stage0_is_the_plain_cpu_config():
-    ds = deepspeed_config({"grad_clip": 0.5}, micro_batch_size=8)
+    ds = deepspeed_config({**TRAINER, "grad_clip": 0.5}, micro_batch_size=8)
     assert ds["zero_optimization"] == {"stage": 0}
     assert ds["bf16"] == {"enabled": False}
     assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["gradient_accumulation_steps"] == 1
@@ -21,7 +21,7 @@ def test_stage0_is_the_plain_cpu_config():
 
 
 def test_zero3_for_7_to_8b_models():
-    ds = deepspeed_config({"zero_stage": 3, "bf16": True, "grad_clip": 1.0}, micro_batch_size=4, hidden_size=HIDDEN)
+    ds = deepspeed_config({**TRAINER, "zero_stage": 3, "bf16": True, "grad_clip": 1.0}, micro_batch_size=4, hidden_size=HIDDEN)
     z = ds["zero_optimization"]
     assert z["stage"] == 3 and ds["bf16"] == {"enabled": True}
     assert z["overlap_comm"] is True and z["contiguous_gradients"] is True
@@ -36,17 +36,17 @@ def test_zero3_for_7_to_8b_models():
 
 
 def test_optimizer_offload_from_config():
-    z = deepspeed_config({"zero_stage": 3, "bf16": True, "offload_optimizer": True}, 4, HIDDEN)["zero_optimization"]
+    z = deepspeed_config({**TRAINER, "zero_stage": 3, "bf16": True, "offload_optimizer": True}, 4, HIDDEN)["zero_optimization"]
     assert z["offload_optimizer"] == {"device": "cpu", "pin_memory": True}
-    z2 = deepspeed_config({"zero_stage": 2, "offload_optimizer": True}, 4, HIDDEN)["zero_optimization"]
+    z2 = deepspeed_config({**TRAINER, "zero_stage": 2, "offload_optimizer": True}, 4, HIDDEN)["zero_optimization"]
     assert z2["offload_optimizer"]["device"] == "cpu" and z2["allgather_bucket_size"] == HIDDEN * HIDDEN
     assert "stage3_gather_16bit_weights_on_model_save" not in z2
     with pytest.raises(ValueError, match="needs ZeRO"):
-        deepspeed_config({"zero_stage": 0, "offload_optimizer": True}, 4)
+        deepspeed_config({**TRAINER, "zero_stage": 0, "offload_optimizer": True}, 4)
 
 
 def test_zero3_without_hidden_size_leaves_bucket_sizes_to_deepspeed():
-    z = deepspeed_config({"zero_stage": 3}, 2)["zero_optimization"]
+    z = deepspeed_config({**TRAINER, "zero_stage": 3}, 2)["zero_optimization"]
     assert "reduce_bucket_size" not in z and "stage3_prefetch_bucket_size" not in z
 
 
@@ -55,7 +55,7 @@ def test_deepspeed_accepts_the_zero3_config():
     pytest.importorskip("deepspeed")
     from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
 
-    z = deepspeed_config({"zero_stage": 3, "bf16": True, "offload_optimizer": True}, 4, HIDDEN)["zero_optimization"]
+    z = deepspeed_config({**TRAINER, "zero_stage": 3, "bf16": True, "offload_optimizer": True}, 4, HIDDEN)["zero_optimization"]
     parsed = DeepSpeedZeroConfig(**z)
     assert parsed.stage == 3 and parsed.gather_16bit_weights_on_model_save is True
     assert parsed.reduce_bucket_size == HIDDEN * HIDDEN and parsed.offload_optimizer.device == "cpu"
@@ -83,7 +83,7 @@ def test_zero3_engine_saves_and_streams_full_weights(tmp_path):
     m = build_tiny_llama(tok, {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2,
                                "max_position_embeddings": 64}, seed=0)
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    engine = build_engine(m, {"lr": 1e-3, "zero_stage": 3}, total_steps=2, batch_size=2)
+    engine = build_engine(m, {**TRAINER, "lr": 1e-3, "zero_stage": 3}, total_steps=2, batch_size=2)
     module = engine.module
     assert is_zero3_partitioned(module)
     assert next(module.parameters()).numel() == 0  # a shard placeholder: saving it as-is would lose the model

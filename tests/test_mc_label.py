@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.mc_label import (agreement_table, best_of_k, fill_after_pit, first_pit, hard_estimate, select_seeds,
-                               step_advantages, step_labels)
+from pipeline.mc_label import agreement_table
+from pipeline.mc_values import (best_of_k, fill_after_pit, first_pit, hard_estimate, select_seeds, step_advantages,
+                                step_labels)
 from pipeline.metrics import auroc
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama
 from pipeline.sampler import HFSampler

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama, save_policy
-from pipeline.reward_models import HeadRewardModel, aggregate, pav_effective_rewards, score_positions
+from pipeline.rewards import HeadRewardModel, aggregate, pav_effective_rewards, score_positions
 from pipeline.train_rm import build_examples, class_balance_weights, head_loss
-from conftest import MODEL_SECTION
+from conftest import MODEL_SECTION, TRAINER
 
 TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 128}
 
@@ -119,7 +119,7 @@ def test_unknown_kind_is_rejected(policy_dir):
 
 # ---- implicit PRM -------------------------------------------------------------------------
 
-from pipeline.reward_models import ImplicitPRM, load_reward_model  # noqa: E402
+from pipeline.rewards import ImplicitPRM, load_reward_model  # noqa: E402
 from pipeline.train_rm import implicit_examples, preference_pairs, train_implicit  # noqa: E402
 
 
@@ -188,8 +188,8 @@ def test_train_implicit_runs_each_loss_and_moves_rewards_apart(policy_dir, loss)
     rows = [rollout_row(tok, "a", "3+4=7\n7*2=4\n#### 4", 1), rollout_row(tok, "a", "3+4=8\n8*2=6\n#### 6", 0),
             rollout_row(tok, "b", "3+4=7\n7*2=4\n#### 4", 1), rollout_row(tok, "b", "3+4=9\n9*2=8\n#### 8", 0)]
     ex = implicit_examples(rows, tok)
-    rmc = {"batch_size": 4, "epochs": 8, "lr": 0.003, "implicit_lr": 0.003, "warmup_steps": 0, "schedule": "constant", "grad_clip": 1.0,
-           "zero_stage": 0, "bf16": False}
+    rmc = {**TRAINER, "batch_size": 4, "epochs": 8, "lr": 0.003, "implicit_lr": 0.003, "warmup_steps": 0,
+           "schedule": "constant", "grad_clip": 1.0, "zero_stage": 0, "bf16": False}
     losses, compute = train_implicit(prm, ex, rmc, loss, seed=0)
     assert all(math.isfinite(x) for x in losses) and compute.trained_tokens > 0 and compute.scored_tokens > 0
     assert losses[-1] < losses[0]
@@ -200,4 +200,31 @@ def test_train_implicit_runs_each_loss_and_moves_rewards_apart(policy_dir, loss)
 def test_unknown_implicit_loss_is_rejected(policy_dir):
     prm = ImplicitPRM.init_from_policy(str(policy_dir), {"beta": 0.05})
     with pytest.raises(ValueError, match="ce_inst"):
-        train_implicit(prm, [], {"batch_size": 2, "epochs": 1, "lr": 0.1}, "ipo", seed=0)
+        train_implicit(prm, [], {**TRAINER, "batch_size": 2, "epochs": 1, "lr": 0.1}, "ipo", seed=0)
+
+
+def test_every_registered_kind_has_one_class_behind_the_base_interface(tmp_path):
+    """registry.REWARD_KINDS names the class of each kind; the loader resolves it, the class
+    claims the kind, and every class shares the base's save and solution_scores."""
+    from pipeline.registry import OUTCOME_LABELLED_KINDS, REWARD_KINDS, REWARD_MODELS
+    from pipeline.rewards import RewardModel, read_meta, reward_model_class
+
+    assert {s.kind for s in REWARD_MODELS.values()} <= set(REWARD_KINDS)
+    assert set(OUTCOME_LABELLED_KINDS) == {"orm", "implicit"}
+    for kind in REWARD_KINDS:
+        cls = reward_model_class(kind)
+        assert issubclass(cls, RewardModel) and kind in cls.kinds
+        assert cls.save is RewardModel.save and cls.solution_scores is RewardModel.solution_scores
+    with pytest.raises(ValueError, match="unknown reward-model kind 'qrm'"):
+        reward_model_class("qrm")
+    with pytest.raises(ValueError, match="HeadRewardModel kind must be one of"):
+        HeadRewardModel(None, None, "implicit", {})
+    # a saved model's meta names its file when it is missing, garbage or of an unknown kind
+    with pytest.raises(FileNotFoundError, match="no rm_meta.json"):
+        read_meta(tmp_path)
+    (tmp_path / "rm_meta.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"rm_meta.json: not valid JSON"):
+        read_meta(tmp_path)
+    (tmp_path / "rm_meta.json").write_text('{"kind": "qrm"}')
+    with pytest.raises(ValueError, match=r"rm_meta.json: 'kind' must be one of orm, prm, pav, implicit; got 'qrm'"):
+        read_meta(tmp_path)

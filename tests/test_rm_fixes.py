@@ -15,15 +15,15 @@ import pytest
 import torch
 
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama, save_policy
-from pipeline.reward_models import HeadRewardModel, ImplicitPRM
+from pipeline.rewards import HeadRewardModel, ImplicitPRM
 from pipeline.scoring import collate
 from pipeline.train_rm import (build_examples, class_balance_weights, head_loss, implicit_examples, implicit_loss,
                                kto_mismatched, kto_reference_point, reference_logprobs, train_head, train_implicit)
-from conftest import MODEL_SECTION
+from conftest import MODEL_SECTION, TRAINER
 
 TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2,
         "max_position_embeddings": 128}
-RMC = {"batch_size": 4, "epochs": 1, "lr": 0.003, "implicit_lr": 0.003, "warmup_steps": 0, "schedule": "constant",
+RMC = {**TRAINER, "batch_size": 4, "epochs": 1, "lr": 0.003, "implicit_lr": 0.003, "warmup_steps": 0, "schedule": "constant",
        "grad_clip": 1.0, "zero_stage": 0, "bf16": False}
 PROMPT = "3+4*2=?\n"
 

@@ -1,4 +1,4 @@
-"""Reward-model math (`pipeline/rm_losses.py`) against hand computation.
+"""Reward-model math (`pipeline/rewards/losses.py`) against hand computation.
 
 Constants used throughout (softplus(x) = log(1 + e^x), log sigma(x) = -softplus(-x)):
   sigma(0) = 0.5                  -log sigma(0)  = log 2 = 0.6931472
@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.metrics import auroc
-from pipeline.reward_models import AGGREGATIONS
-from pipeline.reward_models import aggregate as aggregate_steps
-from pipeline.rm_losses import (balanced_ce_weights, ce_loss, dpo_loss, implicit_q_values, implicit_token_rewards,
+from pipeline.rewards import AGGREGATIONS
+from pipeline.rewards import aggregate as aggregate_steps
+from pipeline.rewards.losses import (balanced_ce_weights, ce_loss, dpo_loss, implicit_q_values, implicit_token_rewards,
                                 kto_kl_estimate, kto_loss, nca_loss, sequence_reward, step_q_values, step_rewards)
 
 LOG2 = 0.6931472

@@ -521,7 +521,7 @@ def test_make_sampler_vllm_counts_params_with_v1_engine(fake_vllm, tok, tmp_path
     fake_vllm.LLM = _FakeV1LLM
     m = build_tiny_llama(tok, TINY, seed=0)
     save_policy(m, tok, tmp_path / "policy")
-    s = make_sampler({"backend": "vllm"}, model_path=str(tmp_path / "policy"))
+    s = make_sampler({"backend": "vllm", "gpu_memory_utilization": 0.85}, model_path=str(tmp_path / "policy"))
     assert s.n_params == count_params(m)   # e.g. read from the checkpoint vLLM loaded
 
 

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
 from pipeline.modeling import SPECIAL_TOKENS, build_char_tokenizer, build_tiny_llama, save_policy
-from pipeline.reward_models import HeadRewardModel
+from pipeline.rewards import HeadRewardModel
 from pipeline.score_pool import as_reward_model_reads, main as score_pool_main, same_vocabulary
 from pipeline.steps import split_steps_with_ends
 from pipeline.task import format_prompt

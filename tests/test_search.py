@@ -13,7 +13,7 @@ import torch
 from pipeline.config import load_preset
 from conftest import MODEL_SECTION, scaled_tiny_llama
 from pipeline.modeling import build_char_tokenizer, save_policy
-from pipeline.reward_models import HeadRewardModel
+from pipeline.rewards import HeadRewardModel
 from pipeline.sampler import HFSampler
 from pipeline.search import Step, beam_search, pick_final, truncate_after
 from pipeline.testbed import ArithSpec, generate_split

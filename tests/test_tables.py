@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from pipeline.tables import (NOT_REACHED, CurvePoint, efficiency, final_val, iterations_to_target, main,
-                             mean_curve, table2_frame)
+from pipeline.rl_summary import NOT_REACHED, CurvePoint, efficiency, final_val, iterations_to_target, mean_curve
+from pipeline.table2 import main, table2_frame
 
 SPLITS = ["test", "ood"]
 
@@ -240,7 +240,7 @@ def test_main_missing_reference_and_bad_args(tmp_path):
 
 
 def test_final_value_columns_for_long_form_answers():
-    from pipeline.tables import table2_frame
+    from pipeline.table2 import table2_frame
 
     def ev(p, fv):
         return {"splits": {"test": {"pass1": p, "final_value_pass1": fv}}}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reward_models import HeadRewardModel
+from ..rewards import HeadRewardModel
 from .base import Method, Rollouts, TrainBatch, mean_or_none, response_step_token_ends
 from .losses import rloo_advantages, step_to_token
 

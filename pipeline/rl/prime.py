@@ -10,8 +10,8 @@ import torch
 
 from ..engine import build_engine, train_batch
 from ..flops import count_params
-from ..reward_models import ImplicitPRM
-from ..rm_losses import ce_loss
+from ..rewards import ImplicitPRM
+from ..rewards.losses import ce_loss
 from .base import Method, Rollouts, TrainBatch, mean_or_none
 from .losses import OUTCOME_ADVANTAGES, discounted_returns
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..mc_label import prefix_success_counts
+from ..mc_values import prefix_success_counts
 from .base import Method, Rollouts, TrainBatch, response_step_token_ends
 from .losses import step_to_token
 

@@ -30,5 +30,5 @@ rule table2:
     resources:
         **resources_of("tables"),
     shell:
-        "{PY} -m pipeline.tables --eval {params.evals} --rl {params.rl} --splits {params.splits} "
+        "{PY} -m pipeline.table2 --eval {params.evals} --rl {params.rl} --splits {params.splits} "
         "--reference {params.reference} {params.final_value} --out {output.table} --plot {output.plot} > {log} 2>&1"

@@ -1,8 +1,8 @@
 """Implicit-PRM math: token / step / sequence rewards and the outcome-label losses (CE,
 balanced CE, DPO, KTO, NCA). Small pure functions, each unit-tested against hand
 computation (tests/test_rm_losses.py). The head models' step-classifier loss is
-`train_rm.head_loss`, aggregation is `reward_models.aggregate`, AUROC is `metrics.auroc`.
-Formulas: ../shared/METHODS.md ("Implicit PRM").
+`train_rm.head_loss`, aggregation is `rewards.base.aggregate`, AUROC is `metrics.auroc`.
+Formulas: docs/METHODS.md ("Implicit PRM").
 
 Shapes: token tensors are [B, T] with a float 0/1 `mask` over response tokens; sequence
 tensors (rewards r, labels l) are [B]. Rewards r are already scaled by beta:
