@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator
 
-from .registry import (IMPLICIT_LOSSES, KIND_NOUNS, PAIR_LOSSES, REWARD_MODELS, RL_METHODS, method_sections,
-                       reward_model_kind)
+from .registry import (IMPLICIT_LOSSES, KIND_NOUNS, PAIR_LOSSES, REWARD_MODELS, RL_METHODS, likelihood_verifier_names,
+                       method_sections, reward_model_kind)
 from .registry import rl_reward_model as _method_reward_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,12 +183,18 @@ def semantic_problems(cfg: dict) -> list[str]:
     if sc["policy"] not in vc["generators"]:
         problems.append(f"config key search.policy: {sc['policy']!r} has no pool to compare with; add it to "
                         f"verify.generators {vc['generators']}")
+    for p in vc["likelihood_verifiers"]:
+        if p not in names:
+            problems.append(f"config key verify.likelihood_verifiers: unknown policy {p!r} (known: {sorted(names)})")
+    baselines = likelihood_verifier_names(vc)
     for v in sc["verifiers"]:
-        if v not in rm_models:
-            problems.append(f"config key search.verifiers: {v!r} is not a trained reward model (rm.models)")
+        if v not in rm_models and v not in baselines:
+            problems.append(f"config key search.verifiers: {v!r} is neither a trained reward model (rm.models) nor a "
+                            f"likelihood baseline of verify.likelihood_verifiers ({', '.join(baselines) or 'none'})")
     if "orm" not in rm_models:
         problems.append("config key rm.models: the ORM ('orm') is needed: it picks best-of-N and beam answers")
-    if sc.get("alpha") is not None and any(v in REWARD_MODELS and reward_model_kind(v) != "pav" for v in sc["verifiers"]):
+    if sc.get("alpha") is not None and any(v in baselines or (v in REWARD_MODELS and reward_model_kind(v) != "pav")
+                                         for v in sc["verifiers"]):
         problems.append("config key search.alpha: applies to PAV verifiers only")
     rl = cfg["rl"]
     for algo in rl["algos"]:

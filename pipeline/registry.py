@@ -79,6 +79,7 @@ class RewardKindSpec:
     cls: str
     noun: str              # for messages: "an ORM"
     outcome_labelled: bool  # trained on seed rollouts' outcomes (True) or on MC step labels
+    trained: bool = True    # False: an untrained baseline (a policy's likelihood), built without labels
 
 
 REWARD_KINDS: dict[str, RewardKindSpec] = {s.kind: s for s in (
@@ -86,8 +87,16 @@ REWARD_KINDS: dict[str, RewardKindSpec] = {s.kind: s for s in (
     RewardKindSpec("prm", "head", "HeadRewardModel", "an MC-PRM", False),
     RewardKindSpec("pav", "head", "HeadRewardModel", "a PAV reward model", False),
     RewardKindSpec("implicit", "implicit", "ImplicitPRM", "an implicit PRM", True),
+    RewardKindSpec("likelihood", "likelihood", "LikelihoodVerifier", "a policy's likelihood (untrained)", False,
+                   trained=False),
 )}
-OUTCOME_LABELLED_KINDS = tuple(k for k, s in REWARD_KINDS.items() if s.outcome_labelled)
+OUTCOME_LABELLED_KINDS = tuple(k for k, s in REWARD_KINDS.items() if s.outcome_labelled and s.trained)
+LIKELIHOOD_PREFIX = "loglik_"  # verify.likelihood_verifiers: policy p scores as the verifier loglik_<p>
+
+
+def likelihood_verifier_names(verify: dict) -> list[str]:
+    """The untrained likelihood verifiers a config asks for (verify.likelihood_verifiers)."""
+    return [LIKELIHOOD_PREFIX + p for p in verify["likelihood_verifiers"]]
 KIND_NOUNS = {k: s.noun for k, s in REWARD_KINDS.items()}
 
 

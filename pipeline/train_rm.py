@@ -15,6 +15,8 @@ Targets (all binary cross-entropy on the head's logit at a position):
   (random filtering of the majority class, as exact weights), DPO and NCA on (correct,
   incorrect) pairs of one prompt, KTO with the KL reference point from the mismatched pairs of
   the whole optimizer batch (computed once before its micro batches, all-reduced over ranks).
+- likelihood (no training, no labels): the policy's own step log-likelihood as a verifier, the
+  untrained baseline (rewards/likelihood.py); only the held-out metrics are measured.
 The artifact records training FLOPs plus the data-collection FLOPs of the labels it used.
 
 Ablation options (workflow/rules/ablations.smk), all applied to the same label file, so grid cells
@@ -39,9 +41,9 @@ from .engine import accumulation_steps, build_engine, is_main, rank_world, train
 from .flops import Compute, count_params
 from .mc_values import hard_estimate, select_seeds
 from .metrics import auroc, within_group_auroc
-from .registry import IMPLICIT_LOSSES, PAIR_LOSSES
-from .rewards import (AGGREGATIONS, HeadRewardModel, ImplicitPRM, aggregate, score_positions,
-                            scoring_examples)
+from .registry import IMPLICIT_LOSSES, PAIR_LOSSES, REWARD_KINDS
+from .rewards import (AGGREGATIONS, HeadRewardModel, ImplicitPRM, LikelihoodVerifier, aggregate, score_positions,
+                      scoring_examples)
 from .rewards.losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss, step_q_values
 from .scoring import collate, split_responses, token_logprobs
 from .utils import read_json, read_jsonl, seed_everything, stage_parser, start_stage, write_json
@@ -400,12 +402,29 @@ def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str,
     return losses, compute
 
 
+def build_untrained(args, batch_size: int, t0: float) -> None:
+    """The likelihood baseline: the policy as it is, with the held-out metrics every reward model
+    gets (its best aggregation is chosen on them, as for trained ones) and no training compute."""
+    rm = LikelihoodVerifier.init_from_policy(args.policy, {"init_policy": args.policy})
+    metrics = heldout_metrics(rm, read_jsonl(args.heldout), batch_size)
+    n_params = count_params(rm.model)
+    metrics.update(kind=args.kind, loss=None, n_examples=0, n_targets=0, final_loss=None, loss_curve=[],
+                   train_flops=0.0, data_flops=0.0, total_flops=0.0, n_params=n_params, wall_s=time.time() - t0,
+                   class_balance=None, data_fraction=0.0, ablation=None)
+    rm.meta.update(train_flops=0.0, data_flops=0.0)
+    rm.save(Path(args.out) / "model")
+    if is_main():
+        write_json(Path(args.out) / "metrics.json", metrics)
+        log.info("%s: %s", args.kind, json.dumps({k: v for k, v in metrics.items() if k != "loss_curve"}))
+
+
 def main(argv=None) -> None:
     p = stage_parser(__doc__)
-    p.add_argument("--kind", required=True, choices=["orm", "prm", "pav", "implicit"])
+    p.add_argument("--kind", required=True, choices=list(REWARD_KINDS),
+                   help="likelihood: the untrained baseline (the policy's own step log-likelihood); no --labels")
     p.add_argument("--loss", default="ce", choices=IMPLICIT_LOSSES, help="implicit PRM training loss")
     p.add_argument("--prm-label", default="se", choices=["he", "se"], help="MC-PRM target: hard or soft estimate")
-    p.add_argument("--labels", required=True, help="seed rollouts (orm) or MC labels (prm, pav) JSONL")
+    p.add_argument("--labels", help="seed rollouts (orm, implicit) or MC labels (prm, pav) JSONL")
     p.add_argument("--policy", required=True, help="policy whose weights initialise the backbone")
     p.add_argument("--heldout", required=True, help="held-out seed rollouts JSONL")
     p.add_argument("--data-cost", nargs="*", default=[], help="summary JSONs whose compute made the labels")
@@ -420,6 +439,11 @@ def main(argv=None) -> None:
     p.add_argument("--step-coef", type=float, default=1.0, help="weight of the step-label term")
     p.add_argument("--step-labels-cost", nargs="*", default=[], help="summary JSONs whose compute made the step labels")
     args, cfg = start_stage(p, argv)
+    if not REWARD_KINDS[args.kind].trained:  # its config: verify.score_batch_size only
+        if args.labels:
+            raise SystemExit(f"--labels: --kind {args.kind} is not trained")
+        build_untrained(args, int(cfg["verify"]["score_batch_size"]), time.time())
+        return
     rmc, seed = cfg["rm"], int(cfg["seed"])
     seed_everything(seed)
     t0 = time.time()
@@ -428,6 +452,8 @@ def main(argv=None) -> None:
     bs = int(rmc["batch_size"])
     if args.step_labels and args.kind != "implicit":
         raise SystemExit("--step-labels: only for --kind implicit (the other kinds train on MC labels already)")
+    if not args.labels:
+        raise SystemExit(f"--labels is required for --kind {args.kind}")
     all_rows = read_jsonl(args.labels)
     rows = subsample_rows(all_rows, args.responses_per_instruction, args.instruction_frac, seed)
     # a subsample pays for the share of the sampling it would have needed; dropping duplicates saves none

@@ -11,7 +11,10 @@ table1_long.csv). Methods:
   sample with the highest solution score;
 - weighted majority voting with a reward model: the answer with the largest sum of
   sigmoid(score) over the samples giving it (for probability-valued scores sigmoid(logit p) = p);
-- baselines: random (expected pass@1 of the subset), majority vote, oracle (pass@N).
+- baselines: random (expected pass@1 of the subset), majority vote, oracle (pass@N);
+- untrained likelihood verifiers (`loglik_<policy>`, verify.likelihood_verifiers): a policy's
+  mean step log-likelihood and its worst step (family "untrained best-of-N"), the bar every
+  trained verifier has to clear.
 Each reward model appears with its best aggregation (the one with the highest held-out
 within-prompt AUROC in its training metrics, so the choice is not made on this table) and
 with min.
@@ -39,10 +42,14 @@ import pandas as pd
 
 from .grader import extract_answer
 from .metrics import auroc
+from .registry import REWARD_KINDS
 from .rewards import AGGREGATIONS, aggregate
 from .utils import atomic_path, read_json, read_jsonl, stage_parser, start_stage, write_csv
 
 log = logging.getLogger("pipeline.verify")
+
+UNTRAINED_KINDS = tuple(k for k, spec in REWARD_KINDS.items() if not spec.trained)
+LIKELIHOOD_AGGREGATIONS = ("mean", "min")  # mean step log-likelihood, worst step
 
 
 # ---- selection rules (tests/test_verify.py checks them by hand) ----
@@ -283,10 +290,11 @@ def table1(pools: dict[str, list[dict]], rms: dict[str, dict], n_values: list[in
             methods = [("random (pass@1)", "baseline", None, m_random), ("majority vote", "baseline", None, m_majority),
                        ("oracle (pass@N)", "baseline", None, m_oracle)]
             for rm, info in rms.items():
+                prefix = "untrained " if info.get("untrained") else ""
                 for how in info["aggs"]:
                     tag = f"best: {how}" if how == info["best"] else how
-                    methods.append((f"{rm} ({tag})", "best-of-N", rm, m_best_of_n(f"{rm}:{how}")))
-                methods.append((f"{rm} weighted vote ({info['best']})", "weighted vote", rm,
+                    methods.append((f"{rm} ({tag})", prefix + "best-of-N", rm, m_best_of_n(f"{rm}:{how}")))
+                methods.append((f"{rm} weighted vote ({info['best']})", prefix + "weighted vote", rm,
                                 m_weighted_vote(f"{rm}:{info['best']}", info["prob"])))
             for name, family, rm, method in methods:
                 mean, std = subset_accuracy(gen_pools, subsets, method)
@@ -320,7 +328,7 @@ def plot_table1(long: pd.DataFrame, path: str | Path) -> None:
     shown = long[(long["family"] == "baseline") | long["method"].str.contains(r"\(best: ")]
     for ax, gen in zip(axes[0], gens):
         for method, d in shown[shown["generator"] == gen].groupby("method", sort=False):
-            style = "--" if d["family"].iloc[0] == "baseline" else "-"
+            style = {"baseline": "--", "untrained best-of-N": ":"}.get(d["family"].iloc[0], "-")
             ax.errorbar(d["N"], d["accuracy"], yerr=d["std"], fmt=style + "o", ms=3, capsize=2, label=method)
         ax.set_xscale("log", base=2)
         ax.set_title(f"generator: {gen}")
@@ -382,13 +390,15 @@ def main(argv=None) -> None:
     rms = {}
     for rm, d in scores.items():
         meta = read_json(Path(d) / "meta.json")
-        aggs = score_aggregations(meta["scores_are_probabilities"])
+        untrained = meta["kind"] in UNTRAINED_KINDS
+        # a likelihood baseline is reported by its mean and its worst step, whichever ranks better
+        aggs = list(LIKELIHOOD_AGGREGATIONS) if untrained else score_aggregations(meta["scores_are_probabilities"])
         m = read_json(metrics[rm])
         best = best_aggregation(m, aggs)
         for gen, gen_pools in pools.items():
             attach_scores(gen_pools, Path(d) / f"{gen}.jsonl", rm, aggs)
-        rms[rm] = {"aggs": [best] + (["min"] if best != "min" else []), "best": best,
-                   "prob": meta["scores_are_probabilities"], "flops": float(m["total_flops"])}
+        rms[rm] = {"aggs": [best] + [a for a in (aggs if untrained else ["min"]) if a != best], "best": best,
+                   "prob": meta["scores_are_probabilities"], "flops": float(m["total_flops"]), "untrained": untrained}
         log.info("%s: best aggregation %s (held-out AUROC)", rm, best)
     long = table1(pools, rms, [int(n) for n in vc["n_values"]], int(vc["n_subsets"]), int(cfg["seed"]))
     wide = wide_table1(long)

@@ -32,6 +32,11 @@ def test_merge_is_recursive_and_replaces_lists():
 
 @pytest.mark.parametrize("change, message", [
     ({"rl": {"bogus": 1}}, "config key rl.bogus: unknown key"),
+    ({"verify": {"likelihood_verifiers": ["huge"]}}, "config key verify.likelihood_verifiers: unknown policy 'huge'"),
+    ({"verify": {"likelihood_verifiers": ["medium"]}, "search": {"verifiers": ["loglik_weak"]}},
+     "config key search.verifiers: 'loglik_weak' is neither a trained reward model (rm.models) nor a likelihood "
+     "baseline of verify.likelihood_verifiers (loglik_medium)"),
+    ({"search": {"verifiers": ["pav", "loglik_medium"], "alpha": 1.0}}, "config key search.alpha: applies to PAV"),
     ({"rl": {"lr": "fast"}}, "config key rl.lr: 'fast' is not of type 'number'"),
     ({"rl": {"lr": -1}}, "config key rl.lr"),
     ({"rl": {"samples_per_prompt": 1}}, "config key rl.samples_per_prompt"),

@@ -17,10 +17,11 @@ from pipeline.task import format_prompt
 
 PRESETS = {
     # preset -> rules its default DAG must plan (job counts where they are fixed by the paper's setup)
-    "implicit_prm": {"data_prep": 1, "rollouts": 2, "mc_label": 1, "train_rm": 8, "bon_pool": 3, "score_pool": 8,
-                     "verify_tables": 1},
+    "implicit_prm": {"data_prep": 1, "rollouts": 2, "mc_label": 1, "train_rm": 8, "bon_pool": 3, "score_pool": 9,
+                     "likelihood_verifier": 1, "verify_tables": 1},  # 8 reward models + 1 likelihood baseline
     "prime": {"data_prep": 1, "rl": 2, "evaluate": 3, "table2": 1},
-    "pav": {"data_prep": 1, "rollouts": 2, "mc_label": 1, "train_rm": 3, "bon_pool": 3, "score_pool": 3,
+    "pav": {"data_prep": 1, "rollouts": 2, "mc_label": 1, "train_rm": 3, "bon_pool": 3, "score_pool": 5,
+            "likelihood_verifier": 2,
             "verify_tables": 1, "beam_search": 3, "table3": 1, "rl": 2, "evaluate": 3, "table2": 1},
     "vineppo": {"data_prep": 1, "rl": 3, "evaluate": 4, "table2": 1},
 }

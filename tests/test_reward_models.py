@@ -226,5 +226,66 @@ def test_every_registered_kind_has_one_class_behind_the_base_interface(tmp_path)
     with pytest.raises(ValueError, match=r"rm_meta.json: not valid JSON"):
         read_meta(tmp_path)
     (tmp_path / "rm_meta.json").write_text('{"kind": "qrm"}')
-    with pytest.raises(ValueError, match=r"rm_meta.json: 'kind' must be one of orm, prm, pav, implicit; got 'qrm'"):
+    with pytest.raises(ValueError, match=r"rm_meta.json: 'kind' must be one of orm, prm, pav, implicit, likelihood; got 'qrm'"):
         read_meta(tmp_path)
+
+
+# ---- the untrained likelihood baseline ----------------------------------------------------------
+
+def test_step_mean_logprobs_by_hand():
+    from pipeline.rewards.likelihood import step_mean_logprobs
+
+    lp = torch.tensor([-1.0, -2.0, -3.0, -4.0, -5.0])
+    assert step_mean_logprobs(lp, [2, 5]) == pytest.approx([-1.5, -4.0])
+    assert step_mean_logprobs(lp, [5]) == pytest.approx([-3.0])
+    with pytest.raises(ValueError, match="empty step"):
+        step_mean_logprobs(lp, [2, 2, 5])
+
+
+def test_likelihood_verifier_scores_the_policy_log_likelihood_and_loads_by_kind(policy_dir, tmp_path):
+    """Step h's score is the mean of log pi(y_t | x, y_<t) over its tokens, the last step through
+    EOS, under the policy it was built from; saved and loaded through the kind registry it scores
+    the same, and the stage writes held-out metrics with no training compute."""
+    import json
+
+    from pipeline.modeling import load_policy
+    from pipeline.rewards import LikelihoodVerifier, load_reward_model
+    from pipeline.scoring import token_logprobs
+    from pipeline.train_rm import main as train_rm_main
+    from pipeline.utils import write_jsonl
+
+    v = LikelihoodVerifier.init_from_policy(str(policy_dir))
+    tok = v.tokenizer
+    row = rollout_row(tok, "a", "3+4=7\n7*2=14\n#### 14", 1)
+    ex, = build_examples([row], tok, None)
+    scores, = v.step_scores([ex])
+    # by hand: one sequence through the policy, log-softmax, the response's next-token log-probs
+    model, _ = load_policy(str(policy_dir))
+    seq = ex["prompt_ids"] + ex["response_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0, :-1].float(), -1)
+    p = len(ex["prompt_ids"])
+    resp = [float(logp[p - 1 + t, seq[p + t]]) for t in range(len(ex["response_ids"]))]
+    ends = [0] + list(ex["step_token_ends"][:-1]) + [len(ex["response_ids"])]
+    hand = [sum(resp[a:b]) / (b - a) for a, b in zip(ends, ends[1:])]
+    assert len(scores) == 3 and scores == pytest.approx(hand, abs=1e-5)
+    assert not v.scores_are_probabilities and all(s < 0 for s in scores)
+    v.save(tmp_path / "loglik" / "model")
+    again = load_reward_model(tmp_path / "loglik" / "model")
+    assert type(again) is LikelihoodVerifier and again.kind == "likelihood"
+    assert again.step_scores([ex])[0] == pytest.approx(scores, abs=1e-6)
+    assert again.solution_scores([ex], "min")[0] == pytest.approx(min(scores), abs=1e-6)
+
+    rows = [rollout_row(tok, pid, r, o) for pid in ("a", "b")
+            for r, o in (("3+4=7\n7*2=14\n#### 14", 1), ("3+4=8\n8*2=16\n#### 16", 0))]
+    write_jsonl(tmp_path / "heldout.jsonl", rows)
+    cfg = json.dumps({"verify": {"score_batch_size": 2}})
+    train_rm_main(["--cfg", cfg, "--kind", "likelihood", "--policy", str(policy_dir),
+                   "--heldout", str(tmp_path / "heldout.jsonl"), "--out", str(tmp_path / "stage")])
+    m = json.loads((tmp_path / "stage" / "metrics.json").read_text())
+    assert m["kind"] == "likelihood" and m["train_flops"] == m["total_flops"] == 0 and m["n_heldout"] == 4
+    assert 0 <= m["within_prompt_auroc_mean"] <= 1 and "auroc_product" not in m
+    assert load_reward_model(tmp_path / "stage" / "model").kind == "likelihood"
+    with pytest.raises(SystemExit, match="--labels: --kind likelihood is not trained"):
+        train_rm_main(["--cfg", cfg, "--kind", "likelihood", "--policy", str(policy_dir), "--labels", "x.jsonl",
+                       "--heldout", str(tmp_path / "heldout.jsonl"), "--out", str(tmp_path / "stage2")])

@@ -182,7 +182,7 @@ def _verify_stage_inputs(tmp_path, pool_first_errors, calib_first_errors):
     write(tmp_path / "pool.jsonl", pool)
     sd = tmp_path / "scores"
     sd.mkdir()
-    (sd / "meta.json").write_text(json.dumps({"scores_are_probabilities": True}))
+    (sd / "meta.json").write_text(json.dumps({"kind": "prm", "scores_are_probabilities": True}))
     write(sd / "gen.jsonl", [{"id": "p0", "sample_idx": r["sample_idx"], "step_scores": steps(r["first_error"])}
                              for r in pool])
     write(sd / "calib.jsonl", [{"id": f"c{i}", "sample_idx": 0, "step_scores": steps(fe), "first_error": fe,

@@ -131,8 +131,17 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
     long = pd.read_csv(res / "table1_long.csv")
     assert (long.loc[long["N"] == vc["pool_size"], "std"] == 0).all()  # one draw at N = pool size
     assert (long.loc[long["N"] < vc["pool_size"], "n_draws"] == vc["n_subsets"]).all()
+    # the untrained likelihood baselines: their mean and worst step, no training compute
+    for p in vc["likelihood_verifiers"]:
+        name = f"loglik_{p}"
+        m = json.loads((res / "rm" / name / "metrics.json").read_text())
+        assert m["kind"] == "likelihood" and m["total_flops"] == 0 and 0 <= m["within_prompt_auroc_mean"] <= 1
+        assert {f"{name} (best: {m_})" for m_ in ("mean", "min")} & set(t1.index)
+        assert {f"{name} (mean)", f"{name} (min)", f"{name} (best: mean)", f"{name} (best: min)"} & set(t1.index)
+        assert sum(m_.startswith(f"{name} (") for m_ in t1.index) == 2  # mean and min, one of them marked best
+        assert (t1.loc[[m_ for m_ in t1.index if m_.startswith(f"{name} (")], "family"] == "untrained best-of-N").all()
     t4 = pd.read_csv(res / "table4.csv").set_index("rm")
-    assert list(t4.index) == cfg["rm"]["models"]
+    assert list(t4.index) == cfg["rm"]["models"] + [f"loglik_{p}" for p in vc["likelihood_verifiers"]]
     assert t4["step_auroc"].between(0, 1).all() and t4["f1"].between(0, 1).all()
     n_pool = len(vc["generators"]) * vc["n_prompts"] * vc["pool_size"]
     assert t4["n_solutions"].nunique() == 1 and 0 < t4["n_solutions"].iloc[0] <= n_pool  # the same solutions
@@ -196,8 +205,9 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     ro_change = overlay(tmp_path, "ro", {"rollouts": {"n_samples": 3}})
     # (and PAV-RL and PRIME-frozen, which read reward models trained on them)
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ro_change)) == {
-        "rollouts": 2, "mc_label": 1, "train_rm": 7, "score_pool": 7, "verify_tables": 1,  # train and held-out rollouts
-        "beam_search": 2, "table3": 1, "rl": 2, "evaluate": 2, "table2": 1}
+        "rollouts": 2, "mc_label": 1, "train_rm": 7, "likelihood_verifier": 1, "score_pool": 8, "verify_tables": 1,
+        # (train and held-out rollouts; the likelihood baseline's held-out metrics and calibration scores)
+        "beam_search": 3, "table3": 1, "rl": 2, "evaluate": 2, "table2": 1}
     # an MC knob: the labelling and the reward models trained on its labels (not the ORM)
     mc_change = overlay(tmp_path, "mc", {"mc_label": {"n_mc": 3}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(mc_change)) == {
@@ -213,15 +223,15 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ver_change)) == {"verify_tables": 1, "table3": 1}
     pool_change = overlay(tmp_path, "pool", {"verify": {"temperature": 0.8}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(pool_change)) == {
-        "bon_pool": 3, "score_pool": 7, "verify_tables": 1, "table3": 1}
+        "bon_pool": 3, "score_pool": 8, "verify_tables": 1, "table3": 1}
     # a search knob: the beam searches and their table only
     search_change = overlay(tmp_path, "search", {"search": {"n_candidates": 2}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(search_change)) == {"beam_search": 2, "table3": 1}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(search_change)) == {"beam_search": 3, "table3": 1}
     # an SFT knob: everything downstream of SFT, but not data prep
     sft_change = overlay(tmp_path, "sft", {"sft": {"lr": 0.002}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(sft_change)) == {
         "sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 7, "rl": 8, "evaluate": 9, "table2": 1,
-        "bon_pool": 3, "score_pool": 7, "verify_tables": 1, "beam_search": 2, "table3": 1}
+        "bon_pool": 3, "likelihood_verifier": 1, "score_pool": 8, "verify_tables": 1, "beam_search": 3, "table3": 1}
 
 
 def test_two_clean_runs_give_identical_tables(smoke_dir, tmp_path):

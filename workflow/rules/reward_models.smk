@@ -1,4 +1,4 @@
-from pipeline.registry import OUTCOME_LABELLED_KINDS, REWARD_MODELS
+from pipeline.registry import LIKELIHOOD_PREFIX, OUTCOME_LABELLED_KINDS, REWARD_MODELS, likelihood_verifier_names
 
 RM = config["rm"]
 # model name -> (kind, MC-PRM label, implicit loss): every reward model goes through one rule
@@ -6,6 +6,8 @@ RM_SPECS = {name: (s.kind, s.label, s.loss) for name, s in REWARD_MODELS.items()
 OUTCOME_LABELLED = OUTCOME_LABELLED_KINDS  # trained on seed rollouts' outcomes, not on MC labels
 RM_TRAIN_ROLLOUTS = f"{OUT}/rollouts/{RM['data_policy']}/{config['mc_label']['split']}"
 RM_MC_LABELS = f"{OUT}/mc/{RM['data_policy']}/{config['mc_label']['split']}"
+# untrained likelihood baselines (verify.likelihood_verifiers): loglik_<policy> scores like a reward model
+LIKELIHOOD_RMS = likelihood_verifier_names(config["verify"])
 
 
 def rm_labels(wc):
@@ -50,3 +52,31 @@ rule train_rm:
         launcher("train_rm") + " pipeline.train_rm --cfg {params.cfg} --kind {params.kind} --prm-label {params.label} --loss {params.loss} "
         "--labels {input.labels} --policy {params.policy} --heldout {input.heldout} --data-cost {input.cost} "
         "--out {params.out} --threads {threads} > {log} 2>&1"
+
+
+rule likelihood_verifier:
+    """The untrained baseline: a policy's own step log-likelihood as a verifier (no labels, no
+    training), with the held-out metrics every reward model gets."""
+    input:
+        heldout=f"{OUT}/rollouts/{RM['data_policy']}/{RM['heldout_split']}.jsonl",
+        policy=lambda wc: policy_input(wc.policy),
+    output:
+        model=directory(f"{OUT}/rm/{LIKELIHOOD_PREFIX}{{policy}}/model"),
+        metrics=f"{OUT}/rm/{LIKELIHOOD_PREFIX}{{policy}}/metrics.json",
+    wildcard_constraints:
+        policy="|".join(config["verify"]["likelihood_verifiers"]) or "(?!)",
+    params:
+        # scoring's batch size only: nothing is trained, so no rm knob reruns the baselines
+        cfg=cfg_json(verify={"score_batch_size": config["verify"]["score_batch_size"]}),
+        policy=lambda wc: policy_dir(wc.policy),
+        out=f"{OUT}/rm/{LIKELIHOOD_PREFIX}{{policy}}",
+    log:
+        f"{OUT}/logs/likelihood_verifier/{{policy}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/likelihood_verifier/{{policy}}.tsv"
+    threads: res("score_pool")["threads"]
+    resources:
+        **resources_of("score_pool"),
+    shell:
+        "{PY} -m pipeline.train_rm --cfg {params.cfg} --kind likelihood --policy {params.policy} "
+        "--heldout {input.heldout} --out {params.out} --threads {threads} > {log} 2>&1"

@@ -1,7 +1,7 @@
 # Verifier evaluation: sample pools per generator, every reward model scores them, tables.
 VERIFY = config["verify"]
 VERIFY_GENS = list(VERIFY["generators"])
-VERIFY_RMS = list(config["rm"]["models"])
+VERIFY_RMS = list(config["rm"]["models"]) + LIKELIHOOD_RMS  # trained reward models, then the untrained baselines
 VERIFY_CALIB = f"{OUT}/rollouts/{config['rm']['data_policy']}/{VERIFY['calib_split']}.jsonl"
 IS_TESTBED = config["task"]["name"] == "arith"
 
@@ -79,7 +79,7 @@ rule score_pool:
         scores=expand(f"{OUT}/verify/scores/{{{{rm}}}}/{{name}}.jsonl", name=VERIFY_GENS + ["calib"]),
         meta=f"{OUT}/verify/scores/{{rm}}/meta.json",
     wildcard_constraints:
-        rm="|".join(RM_SPECS),  # any trainable model: an ablation grid's default cell may be outside rm.models
+        rm="|".join([*RM_SPECS, *LIKELIHOOD_RMS]),  # any trainable model (an ablation grid's default cell may be outside rm.models) or baseline
     params:
         cfg=score_cfg(),
         # real models add how the reward model reads the samples (score_reads; empty on the
