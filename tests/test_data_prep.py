@@ -51,8 +51,8 @@ def test_real_data_path_builds_common_records_from_local_files(tmp_path):
         "policies": {"llama": "meta-llama/Llama-3.1-8B-Instruct"},
         "rl": {"base_policy": "llama"}, "rollouts": {"policy": "llama"}, "eval": {"splits": ["test"]},
         "mc_label": {"seed_policy": "llama", "completer": "llama"},
-        "rm": {"init_policy": "llama", "data_policy": "llama"}, "verify": {"generators": ["llama"]},
-        "search": {"policy": "llama"},
+        "rm": {"init_policy": "llama", "data_policy": "llama"}, "verify": {"generators": ["llama"], "likelihood_verifiers": ["llama"]},
+        "search": {"policy": "llama", "verifiers": ["prm_se", "pav", "loglik_llama"]},
         # tiny.yaml's factors grid names testbed policies (weak vs medium responses): redefine it
         "ablations": {"factors": {"grid": [{"dedup": [True]}]}}})
     validate_config(cfg)
