@@ -20,6 +20,7 @@ include: "workflow/rules/rl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/verify.smk"
+include: "workflow/rules/claims.smk"
 include: "workflow/rules/ablations.smk"
 
 

@@ -107,7 +107,7 @@ def data_splits(cfg: dict) -> list[str]:
     return list(cfg["task"].get("sources", {}))
 
 
-TARGETS = ("table1", "table2", "table3", "table4", "mc_labels", "reward_models")
+TARGETS = ("table1", "table2", "table3", "table4", "claims", "mc_labels", "reward_models")
 
 
 def targets(cfg: dict) -> list[str]:
@@ -120,7 +120,7 @@ def default_targets(cfg: dict, out: str) -> list[str]:
     """Files of Snakemake's default target (`rule all`) for the experiments in `targets(cfg)`."""
     paths: list[str] = []
     for t in targets(cfg):
-        if t.startswith("table"):
+        if t.startswith("table") or t == "claims":
             paths.append(f"{out}/{t}.csv")
         elif t == "mc_labels":
             paths.append(f"{out}/mc/{cfg['mc_label']['seed_policy']}/{cfg['mc_label']['split']}.jsonl")

@@ -18,24 +18,31 @@ log = logging.getLogger("pipeline.evaluate")
 
 
 def evaluate_policy(sampler, records: list[dict], task_cfg: dict, *, k: int, temperature: float,
-                    max_new_tokens: int, seed: int, greedy: bool = False) -> dict:
+                    max_new_tokens: int, seed: int, greedy: bool = False, per_prompt: bool = False) -> dict:
     """Mean pass@1 over k sampled responses per prompt (and greedy accuracy if asked), plus
-    the histogram of the first wrong step (testbed) so error positions can be inspected."""
+    the histogram of the first wrong step (testbed) so error positions can be inspected. With
+    `per_prompt`, also each prompt's number of correct samples out of k (`per_prompt_correct`,
+    in record order), which the claims table bootstraps over."""
     prompts = [format_prompt(r, task_cfg) for r in records]
     result: dict = {"n_prompts": len(records), "k": k, "temperature": temperature}
     gens = sampler.generate(prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                             desc="eval")
     correct, first_errors, wrong_process_right_answer, final_value = 0, Counter(), 0, []
+    by_prompt = []
     for r, gs in zip(records, gens):
+        by_prompt.append(0)
         for g in gs:
             j = judge(r, g.text, task_cfg)
             correct += j["outcome"]
+            by_prompt[-1] += j["outcome"]
             if "final_value_correct" in j:  # testbed: the final value, whatever the answer format
                 final_value.append(int(j["final_value_correct"]))
             if j.get("first_error") is not None:
                 first_errors[j["first_error"]] += 1
                 wrong_process_right_answer += j["outcome"]
     result["pass1"] = correct / max(1, len(records) * k)
+    if per_prompt:
+        result["per_prompt_correct"] = by_prompt
     if final_value:  # equals pass1 unless the answer is long-form (then pass1 is the whole line's match)
         result["final_value_pass1"] = sum(final_value) / len(final_value)
     result["first_error_hist"] = {str(h): c for h, c in sorted(first_errors.items())}
@@ -61,7 +68,7 @@ def main(argv=None) -> None:
         records = read_jsonl(Path(args.data) / f"{split}.jsonl")
         res = evaluate_policy(sampler, records, task_cfg, k=int(ev["k"]), temperature=float(ev["temperature"]),
                               max_new_tokens=int(samp["max_new_tokens"]), seed=int(cfg["seed"]) + 1000 * i + 100_003 * args.seed,
-                              greedy=bool(ev["greedy"]))
+                              greedy=bool(ev["greedy"]), per_prompt=True)
         out["splits"][split] = res
         log.info("%s: pass@1 %.3f greedy %s", split, res["pass1"], res.get("greedy"))
     meta_path = Path(args.policy) / "policy_meta.json"

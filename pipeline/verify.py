@@ -102,15 +102,29 @@ def draw_subsets(pool_size: int, n: int, n_subsets: int, n_prompts: int, seed: i
     return [[sorted(rng.sample(range(pool_size), n)) for _ in range(n_prompts)] for _ in range(n_subsets)]
 
 
-def subset_accuracy(pools: list[dict], subsets: list[list[list[int]]], method) -> tuple[float, float]:
-    """Mean and standard deviation over draws of the accuracy over prompts. `method(pool, idx)`
-    returns the outcome (0/1, or an expectation) of its pick among the pool's samples idx."""
-    accs = []
-    for draw in subsets:
-        accs.append(sum(method(pool, idx) for pool, idx in zip(pools, draw)) / len(pools))
+def draw_outcomes(pools: list[dict], subsets: list[list[list[int]]], method) -> list[list[float]]:
+    """outcomes[d][p]: the outcome (0/1, or an expectation) of `method(pool, idx)`'s pick for
+    prompt p in draw d."""
+    return [[method(pool, idx) for pool, idx in zip(pools, draw)] for draw in subsets]
+
+
+def accuracy_over_draws(outcomes: list[list[float]]) -> tuple[float, float]:
+    """Mean and standard deviation over draws of the accuracy over prompts."""
+    accs = [sum(row) / len(row) for row in outcomes]
     mean = sum(accs) / len(accs)
     std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
     return mean, std
+
+
+def prompt_accuracies(outcomes: list[list[float]]) -> list[float]:
+    """Each prompt's accuracy averaged over the draws (what a bootstrap over prompts resamples)."""
+    return [sum(row[p] for row in outcomes) / len(outcomes) for p in range(len(outcomes[0]))]
+
+
+def subset_accuracy(pools: list[dict], subsets: list[list[list[int]]], method) -> tuple[float, float]:
+    """Mean and standard deviation over draws of the accuracy over prompts. `method(pool, idx)`
+    returns the outcome (0/1, or an expectation) of its pick among the pool's samples idx."""
+    return accuracy_over_draws(draw_outcomes(pools, subsets, method))
 
 
 def m_random(pool, idx):
@@ -278,10 +292,11 @@ def best_of_n_accuracy(pools: list[dict], scores_path: str | Path, rm: str, metr
 
 
 def table1(pools: dict[str, list[dict]], rms: dict[str, dict], n_values: list[int], n_subsets: int,
-           seed: int) -> pd.DataFrame:
+           seed: int, prompt_rows: list[dict] | None = None) -> pd.DataFrame:
     """Long table: one row per (method, generator, N) with mean / std accuracy over subset draws.
     `rms[name]` = {"aggs": aggregations to report, "best": its best one, "prob": probability scores?,
-    "flops": total FLOPs}."""
+    "flops": total FLOPs}. `prompt_rows`, if given, receives each prompt's accuracy (mean over the
+    draws) per (method, generator, N): the unit a bootstrap over prompts resamples."""
     out = []
     for gen, gen_pools in pools.items():
         pool_size = len(gen_pools[0]["outcome"])
@@ -297,7 +312,11 @@ def table1(pools: dict[str, list[dict]], rms: dict[str, dict], n_values: list[in
                 methods.append((f"{rm} weighted vote ({info['best']})", prefix + "weighted vote", rm,
                                 m_weighted_vote(f"{rm}:{info['best']}", info["prob"])))
             for name, family, rm, method in methods:
-                mean, std = subset_accuracy(gen_pools, subsets, method)
+                outcomes = draw_outcomes(gen_pools, subsets, method)
+                mean, std = accuracy_over_draws(outcomes)
+                if prompt_rows is not None:
+                    prompt_rows.extend({"method": name, "generator": gen, "N": n, "prompt": pool["id"], "accuracy": a}
+                                       for pool, a in zip(gen_pools, prompt_accuracies(outcomes)))
                 out.append({"method": name, "family": family, "rm": rm, "generator": gen, "N": n,
                             "accuracy": mean, "std": std, "n_draws": len(subsets),
                             "rm_flops": rms[rm]["flops"] if rm else 0.0})
@@ -400,10 +419,12 @@ def main(argv=None) -> None:
         rms[rm] = {"aggs": [best] + [a for a in (aggs if untrained else ["min"]) if a != best], "best": best,
                    "prob": meta["scores_are_probabilities"], "flops": float(m["total_flops"]), "untrained": untrained}
         log.info("%s: best aggregation %s (held-out AUROC)", rm, best)
-    long = table1(pools, rms, [int(n) for n in vc["n_values"]], int(vc["n_subsets"]), int(cfg["seed"]))
+    prompt_rows: list[dict] = []
+    long = table1(pools, rms, [int(n) for n in vc["n_values"]], int(vc["n_subsets"]), int(cfg["seed"]), prompt_rows)
     wide = wide_table1(long)
     write_csv(wide, args.table1)
     write_csv(long, Path(args.table1).with_name(Path(args.table1).stem + "_long.csv"))
+    write_csv(pd.DataFrame(prompt_rows), Path(args.table1).with_name(Path(args.table1).stem + "_prompts.csv"))
     plot_table1(long, args.plot)
     log.info("table1:\n%s", wide.to_string(index=False))
     if args.table4:

@@ -20,7 +20,7 @@ MODEL_SECTION = load_preset()["model"]
 # strictly): hand-built train configs in tests start from the validated rm section's values
 TRAINER = {k: load_preset()["rm"][k] for k in ("lr", "warmup_steps", "schedule", "weight_decay", "grad_clip", "zero_stage",
                                                "bf16", "offload_optimizer")}
-SMOKE_TARGETS = ["results/table2.csv", "results/table1.csv", "results/table3.csv", "results/table4.csv", "results/rollouts/medium/train.jsonl", "results/mc/medium/train.jsonl",
+SMOKE_TARGETS = ["results/table2.csv", "results/table1.csv", "results/table3.csv", "results/table4.csv", "results/claims.csv", "results/rollouts/medium/train.jsonl", "results/mc/medium/train.jsonl",
                  *[f"results/rm/{m}/metrics.json" for m in ("orm", "prm_he", "prm_se", "pav", "implicit_ce_inst",
                                                            "implicit_dpo", "implicit_kto")]]
 

@@ -162,6 +162,20 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
         assert s["compute"]["generated_tokens"] == s["generated_tokens"] > 0
     assert (res / "plots" / "search_vs_bon.png").stat().st_size > 10_000
 
+    # the verdict table: every paper's claim with an interval around our number and a verdict
+    claims = pd.read_csv(res / "claims.csv")
+    assert {"PRIME is more sample-efficient than outcome-only RLOO", "PRIME's online PRM beats a frozen one",
+            "PAV-RL is more sample-efficient than outcome-only RL", "VinePPO beats PPO (value network) in accuracy per iteration",
+            "JEPO (no verifier) is within a few points of verifier RL",
+            "Implicit PRM (best of its losses) at least matches the Math-Shepherd MC-PRM",
+            "PAV beam search is more compute-efficient than ORM best-of-N",
+            "PAV-guided search is more accurate than Q-value (PRM) search"} <= set(claims["claim"])
+    assert set(claims["verdict"]) <= {"reproduced", "not reproduced", "inconclusive"}
+    ok = claims.dropna(subset=["ci_lo", "ci_hi"])
+    assert len(ok) == len(claims) and (ok["ci_lo"] <= ok["ci_hi"]).all()  # (a percentile interval need not hold the point)
+    steps = claims[claims["source"] == "table4"]
+    assert len(steps) == len(t4) and steps["ours"].round(4).tolist() == t4["step_auroc"].round(4).tolist()
+
     # every rule has its log and benchmark file; no temporary or checkpoint leftovers
     for rule_file in ["data_prep", "sft", "table2", "rl/rloo/s0", "rl/prime/s0", "rl/jepo/s0", "evaluate/base/s0", "rollouts/medium_train",
                       "mc_label/medium_train", "train_rm/pav", "bon_pool/strong", "score_pool/implicit_dpo",
@@ -200,38 +214,39 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ref)) == {"table2": 1}
     # an eval knob: every evaluation and the table only
     eval_change = overlay(tmp_path, "ev", {"eval": {"k": 3}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(eval_change)) == {"evaluate": 9, "table2": 1}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(eval_change)) == {"evaluate": 9, "table2": 1, "claims": 1}
     # a rollouts knob: the rollouts and the MC labels built on them
     ro_change = overlay(tmp_path, "ro", {"rollouts": {"n_samples": 3}})
     # (and PAV-RL and PRIME-frozen, which read reward models trained on them)
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ro_change)) == {
         "rollouts": 2, "mc_label": 1, "train_rm": 7, "likelihood_verifier": 1, "score_pool": 8, "verify_tables": 1,
         # (train and held-out rollouts; the likelihood baseline's held-out metrics and calibration scores)
-        "beam_search": 3, "table3": 1, "rl": 2, "evaluate": 2, "table2": 1}
+        "beam_search": 3, "table3": 1, "rl": 2, "evaluate": 2, "table2": 1, "claims": 1}
     # an MC knob: the labelling and the reward models trained on its labels (not the ORM)
     mc_change = overlay(tmp_path, "mc", {"mc_label": {"n_mc": 3}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(mc_change)) == {
         "mc_label": 1, "train_rm": 3, "score_pool": 3, "verify_tables": 1, "beam_search": 2, "table3": 1,
-        "rl": 1, "evaluate": 1, "table2": 1}  # PAV-RL
+        "rl": 1, "evaluate": 1, "table2": 1, "claims": 1}  # PAV-RL
     # a reward-model knob: the reward models only
     rm_change = overlay(tmp_path, "rm", {"rm": {"lr": 0.001}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rm_change)) == {
         "train_rm": 7, "score_pool": 7, "verify_tables": 1, "beam_search": 2, "table3": 1,
-        "rl": 2, "evaluate": 2, "table2": 1}  # PAV-RL, PRIME frozen
+        "rl": 2, "evaluate": 2, "table2": 1, "claims": 1}  # PAV-RL, PRIME frozen
     # how pools are evaluated: the tables only, no rescoring; the pools themselves: sample, score, tables
     ver_change = overlay(tmp_path, "ver", {"verify": {"n_subsets": 4}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ver_change)) == {"verify_tables": 1, "table3": 1}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ver_change)) == {"verify_tables": 1, "table3": 1, "claims": 1}
     pool_change = overlay(tmp_path, "pool", {"verify": {"temperature": 0.8}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(pool_change)) == {
-        "bon_pool": 3, "score_pool": 8, "verify_tables": 1, "table3": 1}
+        "bon_pool": 3, "score_pool": 8, "verify_tables": 1, "table3": 1, "claims": 1}
     # a search knob: the beam searches and their table only
     search_change = overlay(tmp_path, "search", {"search": {"n_candidates": 2}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(search_change)) == {"beam_search": 3, "table3": 1}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(search_change)) == {"beam_search": 3, "table3": 1, "claims": 1}
     # an SFT knob: everything downstream of SFT, but not data prep
     sft_change = overlay(tmp_path, "sft", {"sft": {"lr": 0.002}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(sft_change)) == {
         "sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 7, "rl": 8, "evaluate": 9, "table2": 1,
-        "bon_pool": 3, "likelihood_verifier": 1, "score_pool": 8, "verify_tables": 1, "beam_search": 3, "table3": 1}
+        "bon_pool": 3, "likelihood_verifier": 1, "score_pool": 8, "verify_tables": 1, "beam_search": 3, "table3": 1,
+        "claims": 1}
 
 
 def test_two_clean_runs_give_identical_tables(smoke_dir, tmp_path):

@@ -102,6 +102,7 @@ rule score_pool:
 def verify_outputs():
     out = {"table1": report(f"{OUT}/table1.csv", category="Tables", caption="../report/table1.rst"),
            "long": f"{OUT}/table1_long.csv",
+           "prompts": f"{OUT}/table1_prompts.csv",  # per-prompt accuracies: the claims table bootstraps them
            "plot": report(f"{OUT}/plots/bon_accuracy.png", category="Verifiers",
                           caption="../report/bon_accuracy.rst")}
     if IS_TESTBED:  # step verification needs ground-truth step labels

@@ -1,0 +1,39 @@
+# The verdict table: every seed paper's headline claim, measured on this run with a 95% interval.
+CLAIM_SEARCH = [(v, w) for v in SEARCH["verifiers"] for w in SEARCH["beam_widths"]]
+
+
+rule claims:
+    """results/claims.csv: one row per claim (RL, verifiers, search, step accuracy against the
+    truth), paper's number, ours with a bootstrap interval, and a verdict (pipeline/claims.py)."""
+    input:
+        evals=expand(f"{OUT}/eval/{{method}}/s{{seed}}.json", method=TABLE2_METHODS, seed=RL_SEEDS),
+        metrics=expand(f"{OUT}/rl/{{algo}}/s{{seed}}/metrics.jsonl", algo=RL_ALGOS, seed=RL_SEEDS),
+        prompts=f"{OUT}/table1_prompts.csv",
+        rm_metrics=expand(f"{OUT}/rm/{{rm}}/metrics.json", rm=VERIFY_RMS),
+        pools=expand(f"{OUT}/verify/pools/{{gen}}.jsonl", gen=VERIFY_GENS),
+        pool_summaries=expand(f"{OUT}/verify/pools/{{gen}}.summary.json", gen=VERIFY_GENS),
+        scores=expand(f"{OUT}/verify/scores/{{rm}}/meta.json", rm=VERIFY_RMS),
+        search=[f"{OUT}/search/{v}_b{w}.jsonl" for v, w in CLAIM_SEARCH],
+    output:
+        table=report(f"{OUT}/claims.csv", category="Tables", caption="../report/claims.rst"),
+    params:
+        cfg=cfg_json("claims", "eval", "verify", "task", "seed"),
+        evals=" ".join(f"{m}={per_seed(f'{OUT}/eval/{{m}}/s{{s}}.json', m)}" for m in TABLE2_METHODS),
+        rl=" ".join(f"{a}={per_seed(f'{OUT}/rl/{{m}}/s{{s}}', a)}" for a in RL_ALGOS),
+        rm_metrics=" ".join(f"{m}={OUT}/rm/{m}/metrics.json" for m in VERIFY_RMS),
+        pools=" ".join(f"{g}={OUT}/verify/pools/{g}.jsonl" for g in VERIFY_GENS),
+        scores=" ".join(f"{m}={OUT}/verify/scores/{m}" for m in VERIFY_RMS),
+        search=" ".join(f"{v}:{w}={OUT}/search/{v}_b{w}.jsonl" for v, w in CLAIM_SEARCH),
+        search_policy=SEARCH["policy"],
+    log:
+        f"{OUT}/logs/claims.log",
+    benchmark:
+        f"{OUT}/benchmarks/claims.tsv"
+    threads: res("tables")["threads"]
+    resources:
+        **resources_of("tables"),
+    shell:
+        "{PY} -m pipeline.claims --cfg {params.cfg} --eval {params.evals} --rl {params.rl} "
+        "--table1-prompts {input.prompts} --rm-metrics {params.rm_metrics} --pools {params.pools} "
+        "--scores {params.scores} --search {params.search} --search-policy {params.search_policy} "
+        "--out {output.table} > {log} 2>&1"
