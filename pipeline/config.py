@@ -5,6 +5,8 @@ key, type or value stops the run with a message naming the key before any job st
 from __future__ import annotations
 
 import copy
+import math
+import re
 from pathlib import Path
 
 import yaml
@@ -86,11 +88,58 @@ def validate_config(cfg: dict, source: str = "config") -> dict:
                 problems.append(f"config key {_key([*e.absolute_path, k])}: unknown key")
         else:
             problems.append(f"config key {_key(e.absolute_path)}: {e.message}")
+    problems = nonfinite_problems(cfg) + name_problems(cfg) + problems
     if not problems:
         problems = semantic_problems(cfg)
     if problems:
         raise ConfigError(f"{source}: invalid config\n  " + "\n  ".join(problems))
     return cfg
+
+
+# A name becomes a path part (models/sft/<tier>, rollouts/<policy>/<split>.jsonl) and a word of a
+# shell command, so it is one plain word: no "/", no "..", no spaces or shell syntax.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# out_dir is a path; these characters keep it a single shell word that Snakemake can plan under
+OUT_DIR_PATTERN = re.compile(r"^[A-Za-z0-9_./-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def nonfinite_problems(cfg, path=()) -> list[str]:
+    """Every NaN or infinite number in the config (YAML's .nan / .inf): JSON-schema bounds are
+    false for NaN, so `sft.lr: .nan` would pass `minimum` checks and reach training."""
+    if isinstance(cfg, dict):
+        return [p for k, v in cfg.items() for p in nonfinite_problems(v, (*path, k))]
+    if isinstance(cfg, list):
+        return [p for i, v in enumerate(cfg) for p in nonfinite_problems(v, (*path, i))]
+    if isinstance(cfg, float) and not math.isfinite(cfg):
+        return [f"config key {_key(path)}: {cfg} is not a finite number"]
+    return []
+
+
+def name_problems(cfg: dict) -> list[str]:
+    """Names that become paths and shell words, and out_dir: plain words only, never a way out of
+    out_dir (a tier named ../../tmp/evil) or the filesystem root (out_dir '/')."""
+    out = []
+    maps = [("policies", cfg.get("policies")), ("prompt_templates", cfg.get("prompt_templates")),
+            ("sft.tiers", (cfg.get("sft") or {}).get("tiers")), ("task.sources", (cfg.get("task") or {}).get("sources"))]
+    for key, m in maps:
+        for name in (m or {}) if isinstance(m, dict) else ():
+            if not NAME_PATTERN.match(str(name)):
+                out.append(f"config key {key}.{name}: a name must be one word of letters, digits, '_', '.', '-' "
+                           "(it becomes a path part and a shell word)")
+    od = cfg.get("out_dir")
+    if isinstance(od, str):
+        parts = [x for x in od.split("/") if x not in ("", ".")]
+        if not OUT_DIR_PATTERN.match(od):
+            out.append(f"config key out_dir: {od!r} may hold only letters, digits, '_', '.', '-' and '/'")
+        elif not parts or ".." in parts:
+            out.append(f"config key out_dir: {od!r} must name a folder below the working directory or an absolute "
+                       "folder other than '/', without '..'")
+    for name, where in (cfg.get("policies") or {}).items() if isinstance(cfg.get("policies"), dict) else ():
+        if isinstance(where, str) and not HUB_ID.match(where) and not Path(where).is_dir():
+            out.append(f"config key policies.{name}: {where!r} is neither an existing model directory nor a hub id "
+                       "(org/name)")
+    return out
 
 
 def policy_names(cfg: dict) -> set[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .sampler import make_sampler
 from .task import format_prompt, judge
-from .utils import read_json, read_jsonl, stage_parser, start_stage, write_json
+from .utils import read_json, read_records, stage_parser, start_stage, write_json
 
 log = logging.getLogger("pipeline.evaluate")
 
@@ -62,10 +62,12 @@ def main(argv=None) -> None:
     args, cfg = start_stage(p, argv)
     ev, task_cfg, samp = cfg["eval"], cfg["task"], cfg["sampling"]
     t0 = time.time()
+    # every split is read and checked before the model loads
+    split_records = {split: read_records(Path(args.data) / f"{split}.jsonl") for split in ev["splits"]}
     sampler = make_sampler(samp, model_path=args.policy)
     out = {"policy": args.policy, "seed_index": args.seed, "splits": {}}
     for i, split in enumerate(ev["splits"]):
-        records = read_jsonl(Path(args.data) / f"{split}.jsonl")
+        records = split_records[split]
         res = evaluate_policy(sampler, records, task_cfg, k=int(ev["k"]), temperature=float(ev["temperature"]),
                               max_new_tokens=int(samp["max_new_tokens"]), seed=int(cfg["seed"]) + 1000 * i + 100_003 * args.seed,
                               greedy=bool(ev["greedy"]), per_prompt=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from .sampler import make_sampler
 from .steps import split_steps_with_ends
 from .task import format_prompt, judge
-from .utils import read_jsonl, stage_parser, start_stage, write_json, write_jsonl
+from .utils import read_records, stage_parser, start_stage, write_json, write_jsonl
 
 log = logging.getLogger("pipeline.rollouts")
 
@@ -41,7 +41,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="rollouts JSONL")
     args, cfg = start_stage(p, argv)
     ro, task_cfg, samp = cfg["rollouts"], cfg["task"], cfg["sampling"]
-    records = read_jsonl(args.records)[: int(ro["n_prompts"])]
+    records = read_records(args.records)[: int(ro["n_prompts"])]
     t0 = time.time()
     sampler = make_sampler(samp, model_path=args.policy)
     gens = sampler.generate([format_prompt(r, task_cfg) for r in records], n=int(ro["n_samples"]),

@@ -52,7 +52,7 @@ from .rewards import AGGREGATIONS, aggregate, load_reward_model, scoring_example
 from .sampler import make_sampler
 from .steps import split_steps_with_ends
 from .task import format_prompt, judge
-from .utils import read_jsonl, stage_parser, start_stage, write_json, write_jsonl
+from .utils import read_records, stage_parser, start_stage, write_json, write_jsonl
 
 log = logging.getLogger("pipeline.search")
 
@@ -254,7 +254,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"config key search.aggregation: {how!r} is not one of {AGGREGATIONS}")
     delimiter = task_cfg["step_delimiter"]
     t0 = time.time()
-    records = read_jsonl(args.records)
+    records = read_records(args.records)
     if sc.get("n_prompts") is not None:
         records = records[:int(sc["n_prompts"])]
     prompts = [format_prompt(r, task_cfg) for r in records]

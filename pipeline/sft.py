@@ -24,8 +24,7 @@ from .sampler import HFSampler
 from .scoring import collate, token_logprobs
 from .evaluate import evaluate_policy
 from .task import format_prompt
-from .utils import (atomic_dir, read_jsonl, seed_everything,
-                    stage_parser, start_stage, write_json)
+from .utils import atomic_dir, read_records, seed_everything, stage_parser, start_stage, write_json
 
 log = logging.getLogger("pipeline.sft")
 
@@ -62,8 +61,8 @@ def main(argv=None) -> None:
     model = build_tiny_llama(tokenizer, cfg["model"], seed)
     n_params = count_params(model)
     log.info("tiny llama: %d parameters", n_params)
-    train = encode_examples(read_jsonl(args.train), tokenizer, task_cfg)
-    val_records = read_jsonl(args.val)[: int(sft["eval_prompts"])]
+    train = encode_examples(read_records(args.train), tokenizer, task_cfg)
+    val_records = read_records(args.val)[: int(sft["eval_prompts"])]
     tiers = sorted(sft["tiers"].items(), key=lambda kv: kv[1])  # [(name, threshold)] weakest first
     max_steps, bs = int(sft["max_steps"]), int(sft["batch_size"])
     engine = build_engine(model, sft, total_steps=max_steps, batch_size=bs)

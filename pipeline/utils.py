@@ -77,9 +77,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+class DataFileError(ValueError):
+    """A data file that cannot be read as what it should hold; the message names file (and line)."""
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """One JSON document; a truncated, non-UTF-8 or garbage file is an error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataFileError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
@@ -92,15 +102,41 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """One JSON object per line; a line that is not valid UTF-8 JSON, or not an object, is an error
+    naming file:line."""
     rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataFileError(f"{path}:{lineno}: not UTF-8 text (byte {e.start} of the line)") from None
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise DataFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
+
+
+RECORD_FIELDS = ("id", "problem", "answer")  # what every stage that samples from records reads
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """A records file (data/<split>.jsonl, pipeline.data_prep): its rows, each checked for the
+    fields stages read, so a bad file fails here, before any model loads or sample is drawn. An
+    empty file is an error too: it would otherwise make an empty artifact with pass@1 0."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise DataFileError(f"{path}: no records")
+    for lineno, r in enumerate(rows, 1):
+        missing = [k for k in RECORD_FIELDS if k not in r]
+        if missing:
+            raise DataFileError(f"{path}: record {lineno} (id {r.get('id')!r}) lacks {', '.join(missing)}")
     return rows
 
 

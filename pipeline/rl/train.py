@@ -31,7 +31,7 @@ from ..registry import RL_METHODS, rl_reward_model
 from ..sampler import HFSampler, VLLMSampler, make_sampler
 from ..scoring import collate, join_responses, split_responses, token_logprobs
 from ..task import format_prompt, judge
-from ..utils import read_json, read_jsonl, seed_everything, stage_parser, start_stage, write_json, write_jsonl
+from ..utils import read_json, read_records, seed_everything, stage_parser, start_stage, write_json, write_jsonl
 from .base import Context, Rollouts, load_method, mean_or_none
 from .losses import kl_penalty, whiten
 
@@ -69,14 +69,14 @@ def main(argv=None) -> None:
         raise SystemExit(f"--algo {algo} needs --rm (the trained reward model named by "
                          f"rl.{RL_METHODS[algo].reward_model_key})")
 
+    train = read_records(Path(args.data) / "train.jsonl")  # checked before any model loads
+    val = read_records(Path(args.data) / "val.jsonl")[: int(rl["eval_prompts"])]
     model, tokenizer = load_policy(args.policy)
     n_params = count_params(model)
     ref_model = None
     if float(rl["kl_coef"]) > 0:
         ref_model, _ = load_policy(args.policy)
         ref_model.eval().requires_grad_(False)
-    train = read_jsonl(Path(args.data) / "train.jsonl")
-    val = read_jsonl(Path(args.data) / "val.jsonl")[: int(rl["eval_prompts"])]
     P, K, iters = int(rl["prompts_per_iter"]), int(rl["samples_per_prompt"]), int(rl["iterations"])
     mb, epochs = int(rl["minibatch_size"]), int(rl["ppo_epochs"])
     steps_per_iter = epochs * -(-P * K // mb)

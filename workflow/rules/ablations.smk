@@ -102,8 +102,8 @@ if ABL_RM_GRIDS:
         resources:
             **resources_of("score_pool"),
         shell:
-            "{PY} -m pipeline.score_pool --cfg {params.cfg} --rm {input.model} --inputs {params.inputs} "
-            "--out-dir {params.out} --threads {threads} > {log} 2>&1"
+            "{PY} -m pipeline.score_pool --cfg {params.cfg} --rm {input.model:q} --inputs {params.inputs} "
+            "--out-dir {params.out:q} --threads {threads} > {log:q} 2>&1"
 
 
 if "implicit_prm" in ABL:
@@ -137,8 +137,8 @@ if "implicit_prm" in ABL:
         shell:
             launcher("train_rm") + " pipeline.train_rm --cfg {params.cfg} --kind implicit --loss {wildcards.loss} "
             "--responses-per-instruction {wildcards.responses_per_instruction} "
-            "--instruction-frac {wildcards.instruction_frac} --labels {input.labels} --policy {params.policy} "
-            "--heldout {input.heldout} --data-cost {input.cost} --out {params.out} --threads {threads} > {log} 2>&1"
+            "--instruction-frac {wildcards.instruction_frac} --labels {input.labels:q} --policy {params.policy:q} "
+            "--heldout {input.heldout:q} --data-cost {input.cost:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"
 
 
 if "factors" in ABL:
@@ -191,8 +191,8 @@ if "factors" in ABL:
             **resources_of("train_rm"),
         shell:
             launcher("train_rm") + " pipeline.train_rm --cfg {params.cfg} --kind implicit --loss {params.loss} {params.flags} "
-            "--labels {input.labels} --policy {params.policy} --heldout {input.heldout} --data-cost {input.cost} "
-            "--out {params.out} --threads {threads} > {log} 2>&1"
+            "--labels {input.labels:q} --policy {params.policy:q} --heldout {input.heldout:q} --data-cost {input.cost:q} "
+            "--out {params.out:q} --threads {threads} > {log:q} 2>&1"
 
 
 if "mc_label" in ABL:
@@ -236,8 +236,8 @@ if "mc_label" in ABL:
         resources:
             **resources_of("mc_label"),
         shell:
-            "{PY} -m pipeline.mc_label --cfg {params.cfg} --rollouts {input.rollouts} --completer {params.completer} "
-            "--out {output.rows} --threads {threads} > {log} 2>&1"
+            "{PY} -m pipeline.mc_label --cfg {params.cfg} --rollouts {input.rollouts:q} --completer {params.completer:q} "
+            "--out {output.rows:q} --threads {threads} > {log:q} 2>&1"
 
     rule ablation_mc_pav:
         """The PAV trained on one cell's MC labels, scored with the cell's Best-of-K prover."""
@@ -263,9 +263,9 @@ if "mc_label" in ABL:
         resources:
             **resources_of("train_rm"),
         shell:
-            launcher("train_rm") + " pipeline.train_rm --cfg {params.cfg} --kind pav --prm-label se --labels {input.labels} "
-            "--policy {params.policy} --heldout {input.heldout} --data-cost {input.cost} --out {params.out} "
-            "--threads {threads} > {log} 2>&1"
+            launcher("train_rm") + " pipeline.train_rm --cfg {params.cfg} --kind pav --prm-label se --labels {input.labels:q} "
+            "--policy {params.policy:q} --heldout {input.heldout:q} --data-cost {input.cost:q} --out {params.out:q} "
+            "--threads {threads} > {log:q} 2>&1"
 
 
 ABL_RL_GRIDS = [g for g in RL_GRID_ALGO if g in ABL]
@@ -324,8 +324,8 @@ if ABL_RL_GRIDS:
             **resources_of("rl"),
         shell:
             launcher("rl") + " pipeline.rl --cfg {params.cfg} --algo {params.algo} --seed {wildcards.seed} "
-            "--policy {params.policy} {params.rm} --data {params.data} --out {params.out} --ckpt {params.ckpt} "
-            "--threads {threads} > {log} 2>&1"
+            "--policy {params.policy:q} {params.rm} --data {params.data:q} --out {params.out:q} --ckpt {params.ckpt:q} "
+            "--threads {threads} > {log:q} 2>&1"
 
     rule ablation_rl_evaluate:
         """pass@1 and greedy accuracy of one RL cell's policy, as rule evaluate does for table2."""
@@ -349,8 +349,8 @@ if ABL_RL_GRIDS:
         resources:
             **resources_of("evaluate"),
         shell:
-            "{PY} -m pipeline.evaluate --cfg {params.cfg} --policy {input.policy} --seed {wildcards.seed} "
-            "--data {params.data} --out {output} --threads {threads} > {log} 2>&1"
+            "{PY} -m pipeline.evaluate --cfg {params.cfg} --policy {input.policy:q} --seed {wildcards.seed} "
+            "--data {params.data:q} --out {output:q} --threads {threads} > {log:q} 2>&1"
 
 
 def rl_cell_files(grid, path, cell):
@@ -424,4 +424,4 @@ if ABL_GRIDS:
             **resources_of("tables"),
         shell:
             "{PY} -m pipeline.ablation_table --grid {wildcards.grid} --axes {params.axes} --cells {params.cells} "
-            "--splits {params.splits} {params.bon} --out {output.table} --plot {output.plot} > {log} 2>&1"
+            "--splits {params.splits} {params.bon} --out {output.table:q} --plot {output.plot:q} > {log:q} 2>&1"

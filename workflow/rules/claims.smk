@@ -34,6 +34,6 @@ rule claims:
         **resources_of("tables"),
     shell:
         "{PY} -m pipeline.claims --cfg {params.cfg} --eval {params.evals} --rl {params.rl} "
-        "--table1-prompts {input.prompts} --rm-metrics {params.rm_metrics} --pools {params.pools} "
+        "--table1-prompts {input.prompts:q} --rm-metrics {params.rm_metrics} --pools {params.pools} "
         "--scores {params.scores} --search {params.search} --search-policy {params.search_policy} "
-        "--out {output.table} > {log} 2>&1"
+        "--out {output.table:q} > {log:q} 2>&1"

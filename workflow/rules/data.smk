@@ -14,4 +14,4 @@ rule data_prep:
     resources:
         **resources_of("data_prep"),
     shell:
-        "{PY} -m pipeline.data_prep --cfg {params.cfg} --out {params.out} --threads {threads} > {log} 2>&1"
+        "{PY} -m pipeline.data_prep --cfg {params.cfg} --out {params.out:q} --threads {threads} > {log:q} 2>&1"

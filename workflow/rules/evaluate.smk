@@ -38,5 +38,5 @@ rule evaluate:
     resources:
         **resources_of("evaluate"),
     shell:
-        "{PY} -m pipeline.evaluate --cfg {params.cfg} --policy {params.policy} --seed {wildcards.seed} "
-        "--data {params.data} --out {output} --threads {threads} > {log} 2>&1"
+        "{PY} -m pipeline.evaluate --cfg {params.cfg} --policy {params.policy:q} --seed {wildcards.seed} "
+        "--data {params.data:q} --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -26,5 +26,5 @@ rule mc_label:
     resources:
         **resources_of("mc_label"),
     shell:
-        "{PY} -m pipeline.mc_label --cfg {params.cfg} --rollouts {input.rollouts} --completer {params.completer} "
-        "--out {output.rows} --threads {threads} > {log} 2>&1"
+        "{PY} -m pipeline.mc_label --cfg {params.cfg} --rollouts {input.rollouts:q} --completer {params.completer:q} "
+        "--out {output.rows:q} --threads {threads} > {log:q} 2>&1"

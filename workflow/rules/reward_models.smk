@@ -50,8 +50,8 @@ rule train_rm:
         **resources_of("train_rm"),
     shell:
         launcher("train_rm") + " pipeline.train_rm --cfg {params.cfg} --kind {params.kind} --prm-label {params.label} --loss {params.loss} "
-        "--labels {input.labels} --policy {params.policy} --heldout {input.heldout} --data-cost {input.cost} "
-        "--out {params.out} --threads {threads} > {log} 2>&1"
+        "--labels {input.labels:q} --policy {params.policy:q} --heldout {input.heldout:q} --data-cost {input.cost:q} "
+        "--out {params.out:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule likelihood_verifier:
@@ -78,5 +78,5 @@ rule likelihood_verifier:
     resources:
         **resources_of("score_pool"),
     shell:
-        "{PY} -m pipeline.train_rm --cfg {params.cfg} --kind likelihood --policy {params.policy} "
-        "--heldout {input.heldout} --out {params.out} --threads {threads} > {log} 2>&1"
+        "{PY} -m pipeline.train_rm --cfg {params.cfg} --kind likelihood --policy {params.policy:q} "
+        "--heldout {input.heldout:q} --out {params.out:q} --threads {threads} > {log:q} 2>&1"

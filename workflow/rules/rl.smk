@@ -60,5 +60,5 @@ rule rl:
         **resources_of("rl"),
     shell:
         launcher("rl") + " pipeline.rl --cfg {params.cfg} --algo {wildcards.algo} --seed {wildcards.seed} "
-        "--policy {params.policy} {params.rm} --data {params.data} --out {params.out} --ckpt {params.ckpt} "
-        "--threads {threads} > {log} 2>&1"
+        "--policy {params.policy:q} {params.rm} --data {params.data:q} --out {params.out:q} --ckpt {params.ckpt:q} "
+        "--threads {threads} > {log:q} 2>&1"

@@ -17,5 +17,5 @@ rule rollouts:
     resources:
         **resources_of("rollouts"),
     shell:
-        "{PY} -m pipeline.rollouts --cfg {params.cfg} --policy {params.policy} --policy-name {wildcards.policy} "
-        "--records {input.records} --out {output.rows} --threads {threads} > {log} 2>&1"
+        "{PY} -m pipeline.rollouts --cfg {params.cfg} --policy {params.policy:q} --policy-name {wildcards.policy} "
+        "--records {input.records:q} --out {output.rows:q} --threads {threads} > {log:q} 2>&1"

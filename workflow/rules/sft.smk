@@ -21,5 +21,5 @@ rule sft:
     resources:
         **resources_of("sft"),
     shell:
-        launcher("sft") + " pipeline.sft --cfg {params.cfg} --train {input.train} --val {input.val} "
-        "--out {params.out} --ckpt {params.ckpt} --threads {threads} > {log} 2>&1"
+        launcher("sft") + " pipeline.sft --cfg {params.cfg} --train {input.train:q} --val {input.val:q} "
+        "--out {params.out:q} --ckpt {params.ckpt:q} --threads {threads} > {log:q} 2>&1"

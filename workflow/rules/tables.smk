@@ -31,4 +31,4 @@ rule table2:
         **resources_of("tables"),
     shell:
         "{PY} -m pipeline.table2 --eval {params.evals} --rl {params.rl} --splits {params.splits} "
-        "--reference {params.reference} {params.final_value} --out {output.table} --plot {output.plot} > {log} 2>&1"
+        "--reference {params.reference} {params.final_value} --out {output.table:q} --plot {output.plot:q} > {log:q} 2>&1"

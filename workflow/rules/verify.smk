@@ -32,8 +32,8 @@ rule bon_pool:
     resources:
         **resources_of("bon_pool"),
     shell:
-        "{PY} -m pipeline.rollouts --cfg {params.cfg} --policy {params.policy} --policy-name {wildcards.policy} "
-        "--records {input.records} --out {output.rows} --threads {threads} > {log} 2>&1"
+        "{PY} -m pipeline.rollouts --cfg {params.cfg} --policy {params.policy:q} --policy-name {wildcards.policy} "
+        "--records {input.records:q} --out {output.rows:q} --threads {threads} > {log:q} 2>&1"
 
 
 def score_cfg():
@@ -95,8 +95,8 @@ rule score_pool:
     resources:
         **resources_of("score_pool"),
     shell:
-        "{PY} -m pipeline.score_pool --cfg {params.cfg} --rm {input.model} --inputs {params.inputs} "
-        "--out-dir {params.out} --threads {threads} > {log} 2>&1"
+        "{PY} -m pipeline.score_pool --cfg {params.cfg} --rm {input.model:q} --inputs {params.inputs} "
+        "--out-dir {params.out:q} --threads {threads} > {log:q} 2>&1"
 
 
 def verify_outputs():
@@ -133,8 +133,8 @@ rule verify_tables:
         **resources_of("tables"),
     shell:
         "{PY} -m pipeline.verify --cfg {params.cfg} --pools {params.pools} --scores {params.scores} "
-        "--rm-metrics {params.metrics} --table1 {output.table1} --plot {output.plot} {params.table4} "
-        "--threads {threads} > {log} 2>&1"
+        "--rm-metrics {params.metrics} --table1 {output.table1:q} --plot {output.plot:q} {params.table4} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 SEARCH = config["search"]
@@ -172,8 +172,8 @@ rule beam_search:
     resources:
         **resources_of("beam_search"),
     shell:
-        "{PY} -m pipeline.search --cfg {params.cfg} --policy {params.policy} --verifier {input.verifier} "
-        "--final {input.final} --records {input.records} --out {output.rows} --threads {threads} > {log} 2>&1"
+        "{PY} -m pipeline.search --cfg {params.cfg} --policy {params.policy:q} --verifier {input.verifier:q} "
+        "--final {input.final:q} --records {input.records:q} --out {output.rows:q} --threads {threads} > {log:q} 2>&1"
 
 
 SEARCH_RUNS = expand(f"{OUT}/search/{{v}}_b{{w}}.summary.json", v=SEARCH["verifiers"], w=SEARCH["beam_widths"])
@@ -199,6 +199,6 @@ rule table3:
     resources:
         **resources_of("tables"),
     shell:
-        "{PY} -m pipeline.search_table --cfg {params.cfg} --pool {input.pool} --pool-summary {input.pool_summary} "
-        "--orm-scores {input.orm} --search {input.search} --out {output.table} --plot {output.plot} "
-        "--threads {threads} > {log} 2>&1"
+        "{PY} -m pipeline.search_table --cfg {params.cfg} --pool {input.pool:q} --pool-summary {input.pool_summary:q} "
+        "--orm-scores {input.orm:q} --search {input.search:q} --out {output.table:q} --plot {output.plot:q} "
+        "--threads {threads} > {log:q} 2>&1"
