@@ -1,0 +1,116 @@
+"""Verifier recipes side by side on one tiny run's artifacts (issue 14): which way of building a
+verifier ranks one prompt's samples, against the untrained likelihood baselines.
+
+For each recipe the real stage trains the model (`python -m pipeline.train_rm`, the tiny preset's
+rm section) on the run's own labels; then, in this process, the model scores the held-out
+rollouts (within-prompt AUROC, the ranking best-of-N needs) and the medium generator's verify
+pool (best-of-N accuracy, the same subset draws as table 1), with the aggregation chosen on the
+held-out AUROC as table 1 chooses it.
+
+    python benchmarks/verifier_recipes.py RESULTS_DIR --out /tmp/recipes [--only NAME ...]
+
+RESULTS_DIR is a finished tiny run (`snakemake -c2 results/table1.csv`): its SFT tiers, seed
+rollouts, MC labels, verify pools and loglik baselines are read, never written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import load_preset
+from pipeline.metrics import within_group_auroc
+from pipeline.rewards import AGGREGATIONS, aggregate, load_reward_model, scoring_examples
+from pipeline.utils import read_jsonl
+from pipeline.verify import attach_scores, draw_subsets, load_pool, m_best_of_n, subset_accuracy
+
+# name -> (kind, init tier, label file key, loss, prm label, score with the reference)
+RECIPES = {
+    "orm @ medium (today)": ("orm", "medium", "rollouts", "ce", "se", True),
+    "orm @ strong": ("orm", "strong", "rollouts", "ce", "se", True),
+    "prm_he @ strong": ("prm", "strong", "mc", "ce", "he", True),
+    "pav @ strong": ("pav", "strong", "mc", "ce", "se", True),
+    "implicit_ce @ medium, no ref": ("implicit", "medium", "rollouts", "ce", "se", False),
+    "implicit_ce @ strong": ("implicit", "strong", "rollouts", "ce", "se", True),
+    "implicit_ce @ strong, no ref": ("implicit", "strong", "rollouts", "ce", "se", False),
+    "implicit_nca @ strong, no ref": ("implicit", "strong", "rollouts", "nca", "se", False),
+}
+
+
+def train(res: Path, out: Path, kind: str, tier: str, labels: str, loss: str, label: str) -> None:
+    cfg = load_preset()
+    rm = cfg["rm"]
+    split = cfg["mc_label"]["split"]
+    label_file = (res / "rollouts" / rm["data_policy"] / f"{split}.jsonl" if labels == "rollouts"
+                  else res / "mc" / rm["data_policy"] / f"{split}.jsonl")
+    cmd = [sys.executable, "-m", "pipeline.train_rm", "--cfg", json.dumps({"rm": rm, "seed": cfg["seed"]}),
+           "--kind", kind, "--loss", loss, "--prm-label", label, "--labels", str(label_file),
+           "--policy", str(res / "models" / "sft" / tier),
+           "--heldout", str(res / "rollouts" / rm["data_policy"] / f"{rm['heldout_split']}.jsonl"),
+           "--out", str(out), "--threads", "1"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def measure(model_dir: Path, use_ref: bool, res: Path, cfg: dict) -> dict:
+    rm = load_reward_model(model_dir, use_ref=use_ref)
+    bs = int(cfg["verify"]["score_batch_size"])
+    aggs = [a for a in AGGREGATIONS if a != "product" or rm.scores_are_probabilities]
+    held = [r for r in read_jsonl(res / "rollouts" / cfg["rm"]["data_policy"] / f"{cfg['rm']['heldout_split']}.jsonl")
+            if r["response_ids"] and r["step_ends"]]
+    steps = rm.step_scores([e for e in scoring_examples(held, rm.tokenizer)], bs)
+    wp = {a: within_group_auroc([aggregate(s, a) for s in steps], [r["outcome"] for r in held], [r["id"] for r in held])
+          for a in aggs}
+    best = max(aggs, key=lambda a: wp[a] if wp[a] is not None else -1)
+    pool_path = res / "verify" / "pools" / "medium.jsonl"
+    rows = read_jsonl(pool_path)
+    ex = scoring_examples(rows, rm.tokenizer)
+    kept = [i for i, e in enumerate(ex) if e is not None]
+    scored = dict(zip(kept, rm.step_scores([ex[i] for i in kept], bs)))
+    tmp = model_dir.parent / "pool_scores.jsonl"
+    tmp.write_text("".join(json.dumps({"id": r["id"], "sample_idx": r["sample_idx"], "step_scores": scored.get(i, [])})
+                           + "\n" for i, r in enumerate(rows)))
+    pools, _ = load_pool(pool_path, cfg["task"])
+    attach_scores(pools, tmp, "rm", [best])
+    vc = cfg["verify"]
+    bon = {n: subset_accuracy(pools, draw_subsets(len(pools[0]["outcome"]), n, int(vc["n_subsets"]), len(pools),
+                                                  int(cfg["seed"])), m_best_of_n(f"rm:{best}"))[0]
+           for n in vc["n_values"]}
+    return {"within_prompt_auroc": wp[best], "aggregation": best, "bon": bon}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--only", nargs="*", help="recipe names to run (default: all)")
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # beside other work on 2 cores
+    cfg = load_preset()
+    lines = ["| recipe | within-prompt AUROC (held-out, best agg.) | best-of-" + " / ".join(map(str, cfg["verify"]["n_values"]))
+             + " (medium pool) | train + score s |", "|---|---:|---|---:|"]
+    for name in ("loglik_medium", "loglik_strong"):
+        m = measure(args.results / "rm" / name / "model", True, args.results, cfg)
+        lines.append(f"| {name} (untrained) | {m['within_prompt_auroc']:.3f} ({m['aggregation']}) | "
+                     + " / ".join(f"{v:.3f}" for v in m["bon"].values()) + " | |")
+        print(lines[-1], flush=True)
+    for name, (kind, tier, labels, loss, label, use_ref) in RECIPES.items():
+        if args.only and name not in args.only:
+            continue
+        t0 = time.time()
+        out = args.out / name.replace(" ", "_").replace(",", "").replace("@", "at")
+        if not (out / "model" / "rm_meta.json").exists():
+            train(args.results, out, kind, tier, labels, loss, label)
+        m = measure(out / "model", use_ref, args.results, cfg)
+        lines.append(f"| {name} | {m['within_prompt_auroc']:.3f} ({m['aggregation']}) | "
+                     + " / ".join(f"{v:.3f}" for v in m["bon"].values()) + f" | {time.time() - t0:.0f} |")
+        print(lines[-1], flush=True)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
