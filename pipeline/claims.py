@@ -187,50 +187,46 @@ def row(claim, paper, paper_value, measure, est, criterion, threshold, higher=Tr
             "ci_lo": lo, "ci_hi": hi, "criterion": criterion, "verdict": verdict(lo, hi, threshold, higher), **kw}
 
 
+# (method, against, measure kind, claim, paper, paper's number, criterion, threshold)
+RL_CLAIMS = [
+    ("prime", "rloo", "efficiency", "PRIME is more sample-efficient than outcome-only RLOO", "PRIME", "2.5x",
+     ">= 1.5x", 1.5),
+    ("prime", "rloo", "accuracy", "PRIME is more accurate than RLOO", "PRIME", "+6.9 points", "> 0", 0.0),
+    ("prime", "prime_frozen", "accuracy", "PRIME's online PRM beats a frozen one", "PRIME", "online > offline",
+     "> 0", 0.0),
+    ("pav", "rloo", "efficiency", "PAV-RL is more sample-efficient than outcome-only RL", "PAV", "5-6x", "> 1x",
+     1.0 + 1e-9),
+    ("pav", "rloo", "accuracy", "PAV-RL is more accurate than outcome-only RL", "PAV", ">6 points", "> 0", 0.0),
+    ("vineppo", "ppo", "curve", "VinePPO beats PPO (value network) in accuracy per iteration", "VinePPO",
+     "+3.2 to +4.9 points", "> 0", 0.0),
+    ("vineppo", "ppo", "accuracy", "VinePPO is more accurate than PPO", "VinePPO", "+3.2 to +4.9 points", "> 0", 0.0),
+    ("jepo", "rloo", "accuracy", "JEPO (no verifier) is within a few points of verifier RL", "JEPO",
+     "matches RL on MATH", ">= -0.05", -0.05),
+]
+
+
 def rl_claims(evals: dict[str, list[dict]], metrics: dict[str, list[list[dict]]], split: str, n_boot: int,
               seed: int) -> list[dict]:
+    """The RL rows of RL_CLAIMS whose two methods were run: test-split accuracy differences
+    (prompts paired, seeds per method), sample-efficiency ratios and validation-curve gaps (seeds)."""
     out = []
     mats = {m: pass1_matrix(evs, split) for m, evs in evals.items() if m != "base"}
-
-    def n_seeds(*ms):
-        return "/".join(str(len(evals[m])) for m in ms)
-
-    def have(*ms):
-        return all(m in mats and m in metrics for m in ms)
-    if have("prime", "rloo"):
-        out.append(row("PRIME is more sample-efficient than outcome-only RLOO", "PRIME", "2.5x",
-                       "RLOO's iterations to its final val pass@1 / PRIME's", efficiency_interval(
-                           metrics["prime"], metrics["rloo"], n_boot, seed), ">= 1.5x", 1.5,
-                       n_seeds=n_seeds("prime", "rloo"), n_units=len(metrics["prime"]), source="table2"))
-        out.append(row("PRIME is more accurate than RLOO", "PRIME", "+6.9 points", f"{split} pass@1, PRIME - RLOO",
-                       paired_difference(mats["prime"], mats["rloo"], n_boot, seed), "> 0", 0.0,
-                       n_seeds=n_seeds("prime", "rloo"), n_units=len(mats["prime"][0]), source="table2"))
-    if have("prime", "prime_frozen"):
-        out.append(row("PRIME's online PRM beats a frozen one", "PRIME", "online > offline",
-                       f"{split} pass@1, PRIME - PRIME frozen",
-                       paired_difference(mats["prime"], mats["prime_frozen"], n_boot, seed), "> 0", 0.0,
-                       n_seeds=n_seeds("prime", "prime_frozen"), n_units=len(mats["prime"][0]), source="table2"))
-    if have("pav", "rloo"):
-        out.append(row("PAV-RL is more sample-efficient than outcome-only RL", "PAV", "5-6x",
-                       "RLOO's iterations to its final val pass@1 / PAV-RL's",
-                       efficiency_interval(metrics["pav"], metrics["rloo"], n_boot, seed), "> 1x", 1.0 + 1e-9,
-                       n_seeds=n_seeds("pav", "rloo"), n_units=len(metrics["pav"]), source="table2"))
-        out.append(row("PAV-RL is more accurate than outcome-only RL", "PAV", ">6 points", f"{split} pass@1, PAV - RLOO",
-                       paired_difference(mats["pav"], mats["rloo"], n_boot, seed), "> 0", 0.0,
-                       n_seeds=n_seeds("pav", "rloo"), n_units=len(mats["pav"][0]), source="table2"))
-    if have("vineppo", "ppo"):
-        out.append(row("VinePPO beats PPO (value network) in accuracy per iteration", "VinePPO", "+3.2 to +4.9 points",
-                       "mean val pass@1 gap over the validation curve, VinePPO - PPO",
-                       curve_gap_interval(metrics["vineppo"], metrics["ppo"], n_boot, seed), "> 0", 0.0,
-                       n_seeds=n_seeds("vineppo", "ppo"), n_units=len(metrics["vineppo"]), source="table2"))
-        out.append(row("VinePPO is more accurate than PPO", "VinePPO", "+3.2 to +4.9 points",
-                       f"{split} pass@1, VinePPO - PPO", paired_difference(mats["vineppo"], mats["ppo"], n_boot, seed),
-                       "> 0", 0.0, n_seeds=n_seeds("vineppo", "ppo"), n_units=len(mats["vineppo"][0]), source="table2"))
-    if have("jepo", "rloo"):
-        out.append(row("JEPO (no verifier) is within a few points of verifier RL", "JEPO", "matches RL on MATH",
-                       f"{split} pass@1, JEPO - RLOO", paired_difference(mats["jepo"], mats["rloo"], n_boot, seed),
-                       ">= -0.05", -0.05, n_seeds=n_seeds("jepo", "rloo"), n_units=len(mats["jepo"][0]),
-                       source="table2"))
+    names = {"rloo": "RLOO", "ppo": "PPO", "prime_frozen": "PRIME frozen", "prime": "PRIME", "pav": "PAV-RL",
+             "vineppo": "VinePPO", "jepo": "JEPO"}
+    for a, b, kind, claim, paper, value, criterion, threshold in RL_CLAIMS:
+        if not all(m in mats and m in metrics for m in (a, b)):
+            continue
+        if kind == "accuracy":
+            measure = f"{split} pass@1, {names[a]} - {names[b]}"
+            est, units = paired_difference(mats[a], mats[b], n_boot, seed), len(mats[a][0])
+        elif kind == "efficiency":
+            measure = f"{names[b]}'s iterations to its final val pass@1 / {names[a]}'s"
+            est, units = efficiency_interval(metrics[a], metrics[b], n_boot, seed), len(metrics[a])
+        else:
+            measure = f"mean val pass@1 gap over the validation curve, {names[a]} - {names[b]}"
+            est, units = curve_gap_interval(metrics[a], metrics[b], n_boot, seed), len(metrics[a])
+        out.append(row(claim, paper, value, measure, est, criterion, threshold,
+                       n_seeds=f"{len(evals[a])}/{len(evals[b])}", n_units=units, source="table2"))
     return out
 
 

@@ -107,6 +107,16 @@ class RewardModel:
     def solution_scores(self, examples: list[dict], how: str = "min", batch_size: int = 64) -> list[float]:
         return [aggregate(s, how) for s in self.step_scores(examples, batch_size)]
 
+    def batches(self, examples: list[dict], batch_size: int):
+        """(chunk of examples, its right-padded prompt+response batch) in order: how every
+        scorer walks its examples."""
+        from ..scoring import collate
+
+        for s in range(0, len(examples), batch_size):
+            chunk = examples[s:s + batch_size]
+            yield chunk, collate([e["prompt_ids"] for e in chunk], [e["response_ids"] for e in chunk],
+                                 self.tokenizer.pad_token_id)
+
     def saved_meta(self, out_dir: Path) -> dict:
         """rm_meta.json's content for a save to `out_dir`."""
         return {**self.meta, "kind": self.kind}

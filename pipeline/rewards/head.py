@@ -18,7 +18,6 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from ..mc_values import best_of_k, step_advantages
 from ..modeling import load_scalar_head_model
-from ..scoring import collate
 from .base import RewardModel, read_meta, score_positions
 
 
@@ -57,10 +56,7 @@ class HeadRewardModel(RewardModel):
         """(sigmoid at the prompt's last token, [sigmoid at each step end]) per example."""
         self.model.eval()
         out = []
-        for s in range(0, len(examples), batch_size):
-            chunk = examples[s:s + batch_size]
-            batch = collate([e["prompt_ids"] for e in chunk], [e["response_ids"] for e in chunk],
-                            self.tokenizer.pad_token_id)
+        for chunk, batch in self.batches(examples, batch_size):
             probs = torch.sigmoid(self.position_logits(self.model, batch).float()).cpu()
             for b, e in enumerate(chunk):
                 pos = score_positions(len(e["prompt_ids"]), e["step_token_ends"])

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..scoring import collate, split_responses, token_logprobs
+from ..scoring import split_responses, token_logprobs
 from .base import RewardModel, read_meta
 
 
@@ -61,10 +61,7 @@ class LikelihoodVerifier(RewardModel):
     def step_scores(self, examples: list[dict], batch_size: int = 64) -> list[list[float]]:
         self.model.eval()
         out = []
-        for s in range(0, len(examples), batch_size):
-            chunk = examples[s:s + batch_size]
-            batch = collate([e["prompt_ids"] for e in chunk], [e["response_ids"] for e in chunk],
-                            self.tokenizer.pad_token_id)
+        for chunk, batch in self.batches(examples, batch_size):
             for e, lp in zip(chunk, split_responses(token_logprobs(self.model, batch), batch)):
                 ends = list(e["step_token_ends"][:-1]) + [len(e["response_ids"])]
                 out.append(step_mean_logprobs(lp.cpu(), ends))
