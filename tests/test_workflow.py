@@ -196,20 +196,23 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     # an RL knob: every RL run, its evaluation and the table; not data, SFT, base eval
     rl_change = overlay(tmp_path, "rl", {"rl": {"lr": 0.0002}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rl_change)) == {
-        "rl": 8, "evaluate": 8, "table2": 1}
+        "rl": 8, "evaluate": 8, "table2": 1, "claims": 1}
     # one method's knob reruns that method only
     for change in ({"vineppo": {"k": 3}}, {"pav": {"alpha": 1.0}}, {"jepo": {"sup_coef": 0.5}}, {"ppo": {"lam": 0.9}}):
         assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(overlay(tmp_path, "one", {"rl": change}))) == {
-            "rl": 1, "evaluate": 1, "table2": 1}, change
+            "rl": 1, "evaluate": 1, "table2": 1, "claims": 1}, change
     # PRIME's knobs rerun PRIME and its frozen-PRM ablation
     prime = overlay(tmp_path, "prime", {"rl": {"prime": {"gamma": 0.9}}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(prime)) == {"rl": 2, "evaluate": 2, "table2": 1}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(prime)) == {"rl": 2, "evaluate": 2, "table2": 1,
+                                                                                "claims": 1}
     # fewer methods or one more seed reruns none of the existing runs
     fewer = overlay(tmp_path, "fewer", {"rl": {"algos": ["rloo", "jepo"]}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(fewer)) == {"table2": 1}
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(fewer)) == {"table2": 1, "claims": 1}
     seed = overlay(tmp_path, "seed", {"rl": {"seeds": [0, 1]}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(seed)) == {"rl": 8, "evaluate": 9, "table2": 1}
-    # the sample-efficiency reference is the table's: no RL job reads it
+    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(seed)) == {"rl": 8, "evaluate": 9, "table2": 1,
+                                                                               "claims": 1}
+    # the sample-efficiency reference is the table's: no RL job (and not claims.csv, whose reference
+    # is fixed per claim) reads it
     ref = overlay(tmp_path, "ref", {"rl": {"reference": "grpo"}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ref)) == {"table2": 1}
     # an eval knob: every evaluation and the table only
@@ -230,7 +233,7 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     # a reward-model knob: the reward models only
     rm_change = overlay(tmp_path, "rm", {"rm": {"lr": 0.001}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rm_change)) == {
-        "train_rm": 7, "score_pool": 7, "verify_tables": 1, "beam_search": 2, "table3": 1,
+        "train_rm": 7, "score_pool": 7, "verify_tables": 1, "beam_search": 3, "table3": 1,  # the ORM picks every beam's answer
         "rl": 2, "evaluate": 2, "table2": 1, "claims": 1}  # PAV-RL, PRIME frozen
     # how pools are evaluated: the tables only, no rescoring; the pools themselves: sample, score, tables
     ver_change = overlay(tmp_path, "ver", {"verify": {"n_subsets": 4}})
