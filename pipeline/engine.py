@@ -83,8 +83,31 @@ def accumulation_steps(batch_size: int, micro_batch_size: int, world_size: int) 
     return max(1, -(-per_rank // int(micro_batch_size)))
 
 
+def weights_finite(model) -> bool:
+    """Whether every weight of `model` is finite, on every rank (under ZeRO-3 each rank checks
+    its own partition, `ds_tensor`; the answers are all-reduced)."""
+    ok = True
+    with torch.no_grad():
+        for p in model.parameters():
+            t = getattr(p, "ds_tensor", None)
+            t = p.data if t is None else t
+            if t.numel() and not bool(torch.isfinite(t).all()):
+                ok = False
+                break
+    if rank_world()[1] > 1:
+        flag = torch.tensor([1.0 if ok else 0.0], device=next(model.parameters()).device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        ok = bool(flag.item() == 1.0)
+    return ok
+
+
+class NonFiniteWeights(FloatingPointError):
+    """An optimizer step left a NaN or infinite weight: the stage stops before anything is saved."""
+
+
 def train_batch(engine, items: list, weights: list[float], loss_fn, micro_batch_size: int, *, what: str = "loss",
-                step: int | None = None, collect: bool = False) -> tuple[float, dict, list | None]:
+                step: int | None = None, collect: bool = False, lr_key: str | None = None
+                ) -> tuple[float, dict, list | None]:
     """One optimizer step on a batch whose objective is the weighted mean of per-micro-batch
     means: sum_m w_m * mean_m / sum_m w_m, with w_m = sum of `weights` of its items (e.g. their
     response tokens, so a token-mean loss stays a token mean over the whole batch).
@@ -99,7 +122,10 @@ def train_batch(engine, items: list, weights: list[float], loss_fn, micro_batch_
     boundary and ZeRO-3 gathers parameters collectively.
 
     loss_fn(sub_items) -> (mean loss tensor, stats dict of per-item means, outputs list or None).
-    Returns (batch loss, weighted-mean stats, with `collect` the outputs of every item in order)."""
+    Returns (batch loss, weighted-mean stats, with `collect` the outputs of every item in order).
+    After the step the weights are checked: a NaN or inf weight (a finite loss does not rule one
+    out, e.g. lr 1e6 with a zero advantage) stops the stage with NonFiniteWeights naming `what`,
+    the step and `lr_key`, the config key to change, before a checkpoint or model can hold it."""
     rank, world = rank_world()
     gas = engine.gradient_accumulation_steps()
     total = float(sum(weights))
@@ -123,6 +149,10 @@ def train_batch(engine, items: list, weights: list[float], loss_fn, micro_batch_
         scale = w * world / total if total > 0 else 0.0
         engine.backward(mean * scale, scale_wrt_gas=False)
         engine.step()
+    if not weights_finite(engine.module):
+        where = f" at step {step}" if step is not None else ""
+        raise NonFiniteWeights(f"{what}: the optimizer step{where} left non-finite weights; stopping before they are "
+                               f"saved (lower {lr_key or 'the learning rate'}, or grad_clip)")
     keys = sorted(stat_sums)
     if world > 1:  # the batch's figures, the same on every rank
         vec = torch.tensor([loss_sum] + [stat_sums[k] for k in keys], dtype=torch.float64, device=engine.device)

@@ -81,7 +81,7 @@ def main(argv=None) -> None:
         # token mean over the whole batch, however it is split over ranks and micro batches
         loss, _, _ = train_batch(engine, batch, [len(y) for _, y in batch],
                                  lambda ex: (sft_loss(engine, ex, tokenizer.pad_token_id)[0], {}, None),
-                                 engine.train_micro_batch_size_per_gpu(), what="SFT loss", step=step)
+                                 engine.train_micro_batch_size_per_gpu(), what="SFT loss", step=step, lr_key="sft.lr")
         compute.add_training(n_params, sum(len(p) + len(y) for p, y in batch))
         step += 1
         bar.update(1)

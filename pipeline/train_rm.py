@@ -139,7 +139,7 @@ def heldout_metrics(rm, rows: list[dict], batch_size: int) -> dict:
 
 
 def run_training(engine, n_items: int, per_batch: int, epochs: int, seed: int, desc: str, batch_loss, item_weight,
-                 item_tokens, compute: Compute, n_params: int, before_batch=None) -> list[float]:
+                 item_tokens, compute: Compute, n_params: int, before_batch=None, lr_key: str = "rm.lr") -> list[float]:
     """The loop every reward model shares: shuffled epochs (the order is a function of the
     epoch), one optimizer step per batch through `train_batch` (split over ranks and micro
     batches), NaN/inf check. `batch_loss(indices)` is the mean loss of those items, whose
@@ -159,7 +159,8 @@ def run_training(engine, n_items: int, per_batch: int, epochs: int, seed: int, d
             if before_batch is not None:
                 before_batch(idx)
             loss, _, _ = train_batch(engine, idx, [item_weight(i) for i in idx], lambda sub: (batch_loss(sub), {}, None),
-                                     engine.train_micro_batch_size_per_gpu(), what=f"{desc} loss", step=len(losses))
+                                     engine.train_micro_batch_size_per_gpu(), what=f"{desc} loss", step=len(losses),
+                                     lr_key=lr_key)
             losses.append(loss)
             compute.add_training(n_params, sum(item_tokens(i) for i in idx))
     return losses
@@ -397,7 +398,7 @@ def train_implicit(prm: ImplicitPRM, examples: list[dict], rmc: dict, loss: str,
                           lambda idx: implicit_loss(prm, engine, loss, [items[i] for i in idx], examples, ref, weights,
                                                     step_coef, kl.get("z0")),
                           item_weight, item_tokens, compute, n_params,
-                          before_batch=kto_batch if loss == "kto" else None)
+                          before_batch=kto_batch if loss == "kto" else None, lr_key="rm.implicit_lr")
     prm.model = engine.module
     return losses, compute
 

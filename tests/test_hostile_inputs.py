@@ -113,3 +113,55 @@ def test_a_bad_records_file_fails_before_the_model_loads(tmp_path, content, mess
         rollouts_main(["--cfg", stage_cfg, "--policy", str(tmp_path / "no_model"), "--policy-name", "medium",
                        "--records", str(records), "--out", str(tmp_path / "out.jsonl")])
     assert not (tmp_path / "out.jsonl").exists()
+
+
+# ---- numbers: a step that leaves NaN weights stops the stage before anything is saved -----------
+
+@pytest.mark.parametrize("zero_stage", [0, 3])
+def test_an_optimizer_step_that_breaks_the_weights_stops_the_stage(zero_stage):
+    """A step whose loss is finite but whose gradient is NaN (the issue's case: RLOO at rl.lr 1e6
+    kept a loss of 0.0 while the weights became NaN, and the checkpoint was published) leaves NaN
+    weights; train_batch stops with the stage's key to change. Here the loss is 0 * sqrt(0): 0.0,
+    with gradient 0 * inf = NaN. The same step on the plain loss passes. ZeRO-3 checks each rank's
+    partition."""
+    import torch
+
+    from conftest import MODEL_SECTION, TRAINER
+    from pipeline.engine import NonFiniteWeights, build_engine, train_batch, weights_finite
+    from pipeline.modeling import build_char_tokenizer, build_tiny_llama
+
+    tok = build_char_tokenizer()
+    ids = torch.tensor([tok("3+4=7", add_special_tokens=False)["input_ids"]])
+
+    def loss_fn(engine, poison: bool):
+        def f(sub):
+            out = engine(input_ids=ids, labels=ids)
+            if poison:  # finite value, NaN gradient
+                z = (out.logits.float() - out.logits.float().detach()).pow(2).sum()
+                return out.loss * 0.0 + 0.0 * torch.sqrt(z), {}, None
+            return out.loss, {}, None
+        return f
+
+    small = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
+             "max_position_embeddings": 64}
+    for poison in (False, True):
+        model = build_tiny_llama(tok, small, seed=0)
+        engine = build_engine(model, {**TRAINER, "lr": 1e-3, "zero_stage": zero_stage}, total_steps=1, batch_size=1)
+        if not poison:
+            loss, _, _ = train_batch(engine, [0], [1.0], loss_fn(engine, False), 1, what="rloo loss", step=3,
+                                     lr_key="rl.lr")
+            assert loss == loss and weights_finite(engine.module)
+            continue
+        if zero_stage == 3:
+            # DeepSpeed's ZeRO-3 optimizer detects the NaN gradient and skips the step itself, so
+            # the weights stay finite; the check still reads every rank's partition (ds_tensor):
+            train_batch(engine, [0], [1.0], loss_fn(engine, True), 1, what="rloo loss", step=3, lr_key="rl.lr")
+            assert weights_finite(engine.module)
+            p = next(q for q in engine.module.parameters() if getattr(q, "ds_tensor", None) is not None)
+            assert p.numel() == 0  # the module holds placeholders: only the partition has the values
+            p.ds_tensor.data[0] = float("nan")
+            assert not weights_finite(engine.module)
+            continue
+        with pytest.raises(NonFiniteWeights, match=r"rloo loss: the optimizer step at step 3 left non-finite weights; "
+                                                    r"stopping before they are saved \(lower rl.lr"):
+            train_batch(engine, [0], [1.0], loss_fn(engine, True), 1, what="rloo loss", step=3, lr_key="rl.lr")

@@ -104,6 +104,6 @@ class PPO(Method):
 
         loss, stats, _ = train_batch(self.engine, idx, [len(batch.response_ids[i]) for i in idx], value_loss,
                                      self.engine.train_micro_batch_size_per_gpu(), what="ppo value loss",
-                                     step=iteration)
+                                     lr_key="rl.ppo.critic_lr", step=iteration)
         compute.add_training(self.n_critic, sum(len(batch.prompt_ids[i]) + len(batch.response_ids[i]) for i in idx))
         return {"value_loss": loss, **stats}

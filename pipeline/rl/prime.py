@@ -71,7 +71,7 @@ def prime_token_rewards(prm: ImplicitPRM, prm_engine, examples: list[dict], labe
             return loss, {}, [t.detach().float().cpu() for t in tr]
 
         loss, _, tr = train_batch(prm_engine, chunk, [1.0] * len(chunk), ce_step,
-                                  prm_engine.train_micro_batch_size_per_gpu(), what="prime PRM loss", step=iteration,
+                                  prm_engine.train_micro_batch_size_per_gpu(), what="prime PRM loss", step=iteration, lr_key="rl.prime.lr",
                                   collect=True)
         rewards.extend(tr)
         losses.append(loss)

@@ -170,7 +170,7 @@ def main(argv=None) -> None:
                 # one optimizer step on the minibatch (split over ranks and micro batches by
                 # train_batch); the loss is a token mean over all of the minibatch's responses
                 loss, stats, _ = train_batch(engine, idx, [len(response_ids[i]) for i in idx], policy_loss,
-                                             engine.train_micro_batch_size_per_gpu(), what=f"{algo} loss", step=it)
+                                             engine.train_micro_batch_size_per_gpu(), what=f"{algo} loss", step=it, lr_key="rl.lr")
                 losses.append(loss)
                 clip_fracs.append(stats["clip_frac"])
                 if "kl" in stats:
