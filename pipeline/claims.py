@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections import defaultdict
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +30,7 @@ import pandas as pd
 from .rl_summary import final_val, iterations_to_target, mean_curve
 from .rl_summary import efficiency as iteration_efficiency
 from .search_table import efficiency as token_efficiency
-from .utils import read_json, read_jsonl, stage_parser, start_stage, write_csv
+from .utils import parse_pairs, read_json, read_jsonl, stage_parser, start_stage, write_csv
 from .verify import attach_scores, draw_outcomes, draw_subsets, load_pool, m_best_of_n, prompt_accuracies
 
 log = logging.getLogger("pipeline.claims")
@@ -43,13 +42,10 @@ COLUMNS = ["claim", "paper", "paper_value", "measure", "ours", "ci_lo", "ci_hi",
 # ---- statistics (tests/test_claims.py checks them by hand) ----
 
 def percentile(xs: list[float], q: float) -> float:
-    """Linear-interpolation percentile (numpy's default), q in [0, 1]."""
-    s = sorted(xs)
-    if not s:
-        return math.nan
-    pos = q * (len(s) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+    """numpy's linear-interpolation percentile, q in [0, 1]; nan for no values."""
+    import numpy as np
+
+    return float(np.percentile(xs, 100 * q)) if len(xs) else math.nan
 
 
 def bootstrap(stat, n_boot: int, seed: int) -> tuple[float, float]:
@@ -360,14 +356,6 @@ def step_claims(pools: dict[str, list[dict]], scores: dict[str, str], n_boot: in
     return out
 
 
-def _pairs(specs: list[str]) -> dict[str, list[str]]:
-    out = {}
-    for spec in specs:
-        name, _, rest = spec.partition("=")
-        out[name] = [x for x in rest.split(",") if x]
-    return out
-
-
 def main(argv=None) -> None:
     p = stage_parser(__doc__)
     p.add_argument("--eval", nargs="+", required=True, help="METHOD=eval.json,... per seed (as table2)")
@@ -384,17 +372,15 @@ def main(argv=None) -> None:
     task_cfg, vc = cfg["task"], cfg["verify"]
     n_boot, seed = int(cfg["claims"]["n_boot"]), int(cfg["seed"])
     split, generator = cfg["eval"]["splits"][0], args.search_policy  # in-distribution split; the searched pool
-    evals = {m: [read_json(x) for x in xs] for m, xs in _pairs(args.eval).items()}
-    metrics = {m: [read_jsonl(Path(d) / "metrics.jsonl") for d in ds] for m, ds in _pairs(args.rl).items()}
+    evals = {m: [read_json(x) for x in xs] for m, xs in parse_pairs(args.eval, "--eval").items()}
+    metrics = {m: [read_jsonl(Path(d) / "metrics.jsonl") for d in ds] for m, ds in parse_pairs(args.rl, "--rl").items()}
     rows = rl_claims(evals, metrics, split, n_boot, seed)
-    rms = {}
-    for spec in args.rm_metrics:
-        name, _, path = spec.partition("=")
-        rms[name] = read_json(path)
+    rms = {name: read_json(path) for name, path in parse_pairs(args.rm_metrics, "--rm-metrics", single=True).items()}
     prompts = pd.read_csv(args.table1_prompts)
     rows += verifier_claims(prompts, rms, generator, n_boot, seed)
-    pools = {g: load_pool(path, task_cfg)[0] for g, path in ((s.partition("=")[0], s.partition("=")[2]) for s in args.pools)}
-    scores = {s.partition("=")[0]: s.partition("=")[2] for s in args.scores}
+    pool_paths = parse_pairs(args.pools, "--pools", single=True)
+    pools = {g: load_pool(path, task_cfg)[0] for g, path in pool_paths.items()}
+    scores = parse_pairs(args.scores, "--scores", single=True)
     if args.search:
         search_rows = {}
         for spec in args.search:
@@ -403,7 +389,7 @@ def main(argv=None) -> None:
             search_rows[(v, int(w))] = read_jsonl(path)
         sp = pools[args.search_policy]
         attach_scores(sp, Path(scores["orm"]) / f"{args.search_policy}.jsonl", "orm", ["last"])
-        summary = read_json(Path(dict(s.partition("=")[::2] for s in args.pools)[args.search_policy]).with_suffix(".summary.json"))
+        summary = read_json(Path(pool_paths[args.search_policy]).with_suffix(".summary.json"))
         per_sample = summary["compute"]["generated_tokens"] / (len(sp) * len(sp[0]["outcome"]))
         rows += search_claims(search_rows, sp, per_sample, int(vc["n_subsets"]), seed, n_boot)
     if task_cfg["name"] == "arith":

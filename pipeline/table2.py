@@ -43,7 +43,7 @@ import pandas as pd
 
 from .rl_summary import (NOT_REACHED, efficiency, final_val, first_reaching, iterations_to_target, mean, mean_curve,
                          seed_summary)
-from .utils import atomic_path, read_json, read_jsonl, setup_logging, write_csv
+from .utils import atomic_path, parse_pairs, read_json, read_jsonl, setup_logging, write_csv
 
 log = logging.getLogger("pipeline.table2")
 
@@ -135,19 +135,6 @@ def plot_val_curves(metrics: dict[str, list[list[dict]]], path: str, target: flo
 
 # -----------------------------------------------------------------------------
 # CLI
-
-def parse_pairs(pairs: list[str], flag: str) -> dict[str, list[str]]:
-    """["rloo=a,b", "grpo=c,d"] -> {"rloo": ["a", "b"], "grpo": ["c", "d"]}, in argument order."""
-    out = {}
-    for kv in pairs:
-        method, sep, paths = kv.partition("=")
-        if not sep or not method or not paths:
-            raise SystemExit(f"{flag} {kv!r}: expected METHOD=path1,path2,...")
-        if method in out:
-            raise SystemExit(f"{flag}: method {method!r} given twice")
-        out[method] = [p for p in paths.split(",") if p]
-    return out
-
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -123,6 +123,21 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def parse_pairs(pairs: list[str], flag: str, single: bool = False) -> dict:
+    """Stage arguments of the form NAME=path1,path2,... (one per method, reward model or
+    generator), in argument order: {"rloo": ["a", "b"]}, or with `single` {"orm": "dir"}. A
+    malformed or repeated name is an error naming the flag."""
+    out = {}
+    for kv in pairs:
+        name, sep, paths = kv.partition("=")
+        if not sep or not name or not paths:
+            raise SystemExit(f"{flag} {kv!r}: expected NAME=" + ("path" if single else "path1,path2,..."))
+        if name in out:
+            raise SystemExit(f"{flag}: {name!r} given twice")
+        out[name] = paths if single else [x for x in paths.split(",") if x]
+    return out
+
+
 RECORD_FIELDS = ("id", "problem", "answer")  # what every stage that samples from records reads
 
 

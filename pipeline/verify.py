@@ -44,7 +44,7 @@ from .grader import extract_answer
 from .metrics import auroc
 from .registry import REWARD_KINDS
 from .rewards import AGGREGATIONS, aggregate
-from .utils import atomic_path, read_json, read_jsonl, stage_parser, start_stage, write_csv
+from .utils import atomic_path, parse_pairs, read_json, read_jsonl, stage_parser, start_stage, write_csv
 
 log = logging.getLogger("pipeline.verify")
 
@@ -383,16 +383,6 @@ def table4(pools: dict[str, list[dict]], calib: dict[str, list[dict]], rms: list
     return pd.DataFrame(out)
 
 
-def _pairs(specs: list[str], what: str) -> dict[str, str]:
-    out = {}
-    for spec in specs:
-        name, _, path = spec.partition("=")
-        if not path:
-            raise SystemExit(f"--{what} {spec!r}: expected name=path")
-        out[name] = path
-    return out
-
-
 def main(argv=None) -> None:
     p = stage_parser(__doc__)
     p.add_argument("--pools", nargs="+", required=True, help="generator=pool.jsonl (pipeline.rollouts rows)")
@@ -404,8 +394,9 @@ def main(argv=None) -> None:
     p.add_argument("--calib", default="calib", help="name of the calibration rows in each scores dir")
     args, cfg = start_stage(p, argv)
     vc, task_cfg = cfg["verify"], cfg["task"]
-    pools = {g: load_pool(path, task_cfg)[0] for g, path in _pairs(args.pools, "pools").items()}
-    scores, metrics = _pairs(args.scores, "scores"), _pairs(args.rm_metrics, "rm-metrics")
+    pools = {g: load_pool(path, task_cfg)[0] for g, path in parse_pairs(args.pools, "--pools", single=True).items()}
+    scores = parse_pairs(args.scores, "--scores", single=True)
+    metrics = parse_pairs(args.rm_metrics, "--rm-metrics", single=True)
     rms = {}
     for rm, d in scores.items():
         meta = read_json(Path(d) / "meta.json")
