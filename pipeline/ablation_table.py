@@ -41,7 +41,7 @@ import pandas as pd
 from .metrics import auroc
 from .mc_values import best_of_k, prefix_truth
 from .rl_summary import final_val, mean, seed_summary
-from .utils import atomic_path, read_json, read_jsonl, setup_logging, write_csv
+from .utils import read_json, read_jsonl, save_figure, setup_logging, write_csv
 from .verify import best_of_n_accuracy, load_pool
 
 log = logging.getLogger("pipeline.ablation_table")
@@ -198,10 +198,7 @@ def plot_grid(df: pd.DataFrame, grid: str, axes: list[str], path: str) -> None:
     if cols:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"ablation grid: {grid} ({len(df)} cells)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .utils import atomic_path, read_json, stage_parser, start_stage, write_csv
+from .utils import read_json, save_figure, stage_parser, start_stage, write_csv
 from .verify import attach_scores, draw_subsets, load_pool, m_best_of_n, subset_accuracy
 
 log = logging.getLogger("pipeline.search_table")
@@ -83,10 +83,7 @@ def plot(bon: list[dict], beams: pd.DataFrame, path: str | Path, policy: str) ->
     ax.set_title(f"step-level beam search vs best-of-N ({policy})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv=None) -> None:

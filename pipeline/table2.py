@@ -43,7 +43,7 @@ import pandas as pd
 
 from .rl_summary import (NOT_REACHED, efficiency, final_val, first_reaching, iterations_to_target, mean, mean_curve,
                          seed_summary)
-from .utils import atomic_path, parse_pairs, read_json, read_jsonl, setup_logging, write_csv
+from .utils import parse_pairs, read_json, read_jsonl, save_figure, setup_logging, write_csv
 
 log = logging.getLogger("pipeline.table2")
 
@@ -127,10 +127,7 @@ def plot_val_curves(metrics: dict[str, list[list[dict]]], path: str, target: flo
     seeds = sorted({len(runs) for runs in metrics.values()}) or [0]
     n = str(seeds[0]) if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
     fig.suptitle(f"Validation pass@1 during RL: mean over {n} seeds, band = min-max over seeds")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # -----------------------------------------------------------------------------

@@ -234,6 +234,16 @@ def parse_cfg(arg: str) -> dict:
     return cfg
 
 
+def save_figure(fig, path: str | Path) -> None:
+    """A matplotlib figure as PNG, laid out and written atomically, then closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
 def write_csv(df, path: str | Path) -> None:
     """A pandas frame as CSV, atomically: floats with 4 decimals (text in mixed columns as it is),
     no index."""

@@ -44,7 +44,7 @@ from .grader import extract_answer
 from .metrics import auroc
 from .registry import REWARD_KINDS
 from .rewards import AGGREGATIONS, aggregate
-from .utils import atomic_path, parse_pairs, read_json, read_jsonl, stage_parser, start_stage, write_csv
+from .utils import parse_pairs, read_json, read_jsonl, save_figure, stage_parser, start_stage, write_csv
 
 log = logging.getLogger("pipeline.verify")
 
@@ -355,10 +355,7 @@ def plot_table1(long: pd.DataFrame, path: str | Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("best-of-N accuracy")
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def table4(pools: dict[str, list[dict]], calib: dict[str, list[dict]], rms: list[str],
