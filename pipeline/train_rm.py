@@ -41,7 +41,7 @@ from .engine import accumulation_steps, build_engine, is_main, rank_world, train
 from .flops import Compute, count_params
 from .mc_values import hard_estimate, select_seeds
 from .metrics import auroc, within_group_auroc
-from .registry import IMPLICIT_LOSSES, PAIR_LOSSES, REWARD_KINDS
+from .registry import IMPLICIT_LOSSES, OUTCOME_LABELLED_KINDS, PAIR_LOSSES, REWARD_KINDS
 from .rewards import (AGGREGATIONS, HeadRewardModel, ImplicitPRM, LikelihoodVerifier, aggregate, score_positions,
                       scoring_examples)
 from .rewards.losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss, step_q_values
@@ -109,6 +109,19 @@ def head_loss(logits: torch.Tensor, batch_examples: list[dict], weights: tuple[f
     if weights is not None:
         w = torch.where(t >= 0.5, torch.full_like(t, weights[0]), torch.full_like(t, weights[1]))
     return F.binary_cross_entropy_with_logits(z, t, weight=w)
+
+
+def recipe_summary(kind: str, init_policy: str, n_rows: int, score_with_reference: bool | None = None) -> str:
+    """What a verifier was built from, as table 1 shows it beside its row: the backbone it
+    starts from, what it was trained on, and (implicit PRMs) whether it scores with its reference."""
+    init = Path(init_policy).name or init_policy
+    if not REWARD_KINDS[kind].trained:
+        return f"untrained {init} policy"
+    labels = "outcome-labelled rollouts" if kind in OUTCOME_LABELLED_KINDS else "MC-labelled rollouts"
+    out = f"init {init}; {n_rows} {labels}"
+    if score_with_reference is not None:
+        out += "; scored " + ("with" if score_with_reference else "without") + " reference"
+    return out
 
 
 def heldout_metrics(rm, rows: list[dict], batch_size: int) -> dict:
@@ -411,7 +424,8 @@ def build_untrained(args, batch_size: int, t0: float) -> None:
     n_params = count_params(rm.model)
     metrics.update(kind=args.kind, loss=None, n_examples=0, n_targets=0, final_loss=None, loss_curve=[],
                    train_flops=0.0, data_flops=0.0, total_flops=0.0, n_params=n_params, wall_s=time.time() - t0,
-                   class_balance=None, data_fraction=0.0, ablation=None)
+                   class_balance=None, data_fraction=0.0, ablation=None,
+                   recipe=recipe_summary(args.kind, args.policy, 0))
     rm.meta.update(train_flops=0.0, data_flops=0.0)
     rm.save(Path(args.out) / "model")
     if is_main():
@@ -475,6 +489,11 @@ def main(argv=None) -> None:
             step_coef = args.step_coef
             ablation.update(step_label=args.prm_label, step_coef=step_coef)
         losses, train_compute = train_implicit(rm, examples, rmc, args.loss, seed, step_coef)
+        # trained against the reference either way; rm.implicit_score_reference decides whether
+        # every scorer (held-out metrics here, score_pool, search) reads the ratio or log pi_phi
+        rm.meta["score_with_reference"] = bool(rmc["implicit_score_reference"])
+        if not rm.meta["score_with_reference"]:
+            rm.ref_model = None
         weights = None
         n_params = count_params(rm.model)
     else:
@@ -495,7 +514,8 @@ def main(argv=None) -> None:
                    final_loss=sum(losses[-10:]) / max(1, len(losses[-10:])), loss_curve=losses,
                    train_flops=train_compute.flops, data_flops=data_compute.flops,
                    total_flops=train_compute.flops + data_compute.flops, n_params=n_params, wall_s=time.time() - t0,
-                   class_balance=weights, data_fraction=data_frac, ablation=ablation)
+                   class_balance=weights, data_fraction=data_frac, ablation=ablation,
+                   recipe=recipe_summary(args.kind, args.policy, len(rows), rm.meta.get("score_with_reference")))
     rm.meta.update(train_flops=train_compute.flops, data_flops=data_compute.flops)
     rm.save(Path(args.out) / "model")
     if not is_main():  # rank 0 writes the outputs

@@ -295,7 +295,7 @@ def table1(pools: dict[str, list[dict]], rms: dict[str, dict], n_values: list[in
            seed: int, prompt_rows: list[dict] | None = None) -> pd.DataFrame:
     """Long table: one row per (method, generator, N) with mean / std accuracy over subset draws.
     `rms[name]` = {"aggs": aggregations to report, "best": its best one, "prob": probability scores?,
-    "flops": total FLOPs}. `prompt_rows`, if given, receives each prompt's accuracy (mean over the
+    "flops": total FLOPs, "recipe": what it was built from (optional)}. `prompt_rows`, if given, receives each prompt's accuracy (mean over the
     draws) per (method, generator, N): the unit a bootstrap over prompts resamples."""
     out = []
     for gen, gen_pools in pools.items():
@@ -319,7 +319,8 @@ def table1(pools: dict[str, list[dict]], rms: dict[str, dict], n_values: list[in
                                        for pool, a in zip(gen_pools, prompt_accuracies(outcomes)))
                 out.append({"method": name, "family": family, "rm": rm, "generator": gen, "N": n,
                             "accuracy": mean, "std": std, "n_draws": len(subsets),
-                            "rm_flops": rms[rm]["flops"] if rm else 0.0})
+                            "rm_flops": rms[rm]["flops"] if rm else 0.0,
+                            "recipe": rms[rm].get("recipe", "") if rm else ""})
     return pd.DataFrame(out)
 
 
@@ -334,6 +335,8 @@ def wide_table1(long: pd.DataFrame) -> pd.DataFrame:
     meta = long.drop_duplicates("method").set_index("method")
     wide["family"] = meta["family"]
     wide["rm_flops"] = meta["rm_flops"]
+    if "recipe" in meta:  # what each verifier was built from (train_rm.recipe_summary)
+        wide["recipe"] = meta["recipe"]
     return wide.reset_index()
 
 
@@ -405,7 +408,8 @@ def main(argv=None) -> None:
         for gen, gen_pools in pools.items():
             attach_scores(gen_pools, Path(d) / f"{gen}.jsonl", rm, aggs)
         rms[rm] = {"aggs": [best] + [a for a in (aggs if untrained else ["min"]) if a != best], "best": best,
-                   "prob": meta["scores_are_probabilities"], "flops": float(m["total_flops"]), "untrained": untrained}
+                   "prob": meta["scores_are_probabilities"], "flops": float(m["total_flops"]), "untrained": untrained,
+                   "recipe": m.get("recipe", "")}
         log.info("%s: best aggregation %s (held-out AUROC)", rm, best)
     prompt_rows: list[dict] = []
     long = table1(pools, rms, [int(n) for n in vc["n_values"]], int(vc["n_subsets"]), int(cfg["seed"]), prompt_rows)

@@ -289,3 +289,52 @@ def test_likelihood_verifier_scores_the_policy_log_likelihood_and_loads_by_kind(
     with pytest.raises(SystemExit, match="--labels: --kind likelihood is not trained"):
         train_rm_main(["--cfg", cfg, "--kind", "likelihood", "--policy", str(policy_dir), "--labels", "x.jsonl",
                        "--heldout", str(tmp_path / "heldout.jsonl"), "--out", str(tmp_path / "stage2")])
+
+
+def test_implicit_prm_scoring_follows_the_saved_reference_choice(policy_dir, tmp_path):
+    """rm.implicit_score_reference: false trains against the reference but saves
+    `score_with_reference: false`, so every loader scores beta * log pi_phi alone (the paper's
+    "reference dropped at inference"); PRIME's explicit use_ref=True still gets the ratio. The
+    metrics carry the recipe table 1 prints."""
+    import json
+
+    from pipeline.config import load_preset
+    from pipeline.scoring import collate, token_logprobs
+    from pipeline.train_rm import main as train_rm_main
+    from pipeline.train_rm import recipe_summary
+    from pipeline.utils import write_jsonl
+
+    tok = ImplicitPRM.init_from_policy(str(policy_dir), {"beta": 0.05}).tokenizer
+    rows = [rollout_row(tok, pid, r, o) for pid in ("a", "b")
+            for r, o in (("3+4=7\n7*2=4\n#### 4", 1), ("3+4=8\n8*2=6\n#### 6", 0))]
+    write_jsonl(tmp_path / "labels.jsonl", rows)
+    rmc = {**load_preset()["rm"], "epochs": 1, "batch_size": 4, "implicit_score_reference": False}
+    cfg = json.dumps({"rm": rmc, "seed": 0})
+    train_rm_main(["--cfg", cfg, "--kind", "implicit", "--loss", "ce", "--labels", str(tmp_path / "labels.jsonl"),
+                   "--policy", str(policy_dir), "--heldout", str(tmp_path / "labels.jsonl"),
+                   "--out", str(tmp_path / "stage")])
+    m = json.loads((tmp_path / "stage" / "metrics.json").read_text())
+    assert m["recipe"] == f"init {policy_dir.name}; 4 outcome-labelled rollouts; scored without reference"
+    saved = load_reward_model(tmp_path / "stage" / "model")
+    assert saved.meta["score_with_reference"] is False and saved.ref_model is None
+    ex = implicit_examples(rows, tok)
+    batch = collate([e["prompt_ids"] for e in ex], [e["response_ids"] for e in ex], tok.pad_token_id)
+    with torch.no_grad():
+        lp = token_logprobs(saved.model, batch) * batch["response_mask"]
+        ref_lp = token_logprobs(ImplicitPRM.init_from_policy(str(policy_dir), {"beta": 0.05}).model, batch)
+    scores = saved.step_scores(ex)
+    for b, s in enumerate(scores):
+        assert sum(s) == pytest.approx(0.05 * lp[b].sum().item(), abs=1e-5)
+    # the held-out metrics were measured the same way the tables will score
+    from pipeline.metrics import within_group_auroc
+    assert m["within_prompt_auroc_mean"] == pytest.approx(
+        within_group_auroc([sum(s) / len(s) for s in scores], [r["outcome"] for r in rows], [r["id"] for r in rows]))
+    ratio = ImplicitPRM.load(tmp_path / "stage" / "model", use_ref=True)
+    assert ratio.ref_model is not None
+    for b, s in enumerate(ratio.step_scores(ex)):
+        assert sum(s) == pytest.approx(0.05 * (lp[b].sum() - (ref_lp[b] * batch["response_mask"][b]).sum()).item(),
+                                       abs=1e-5)
+    # the recipe of the other kinds, by hand
+    assert recipe_summary("pav", "results/models/sft/strong", 512) == "init strong; 512 MC-labelled rollouts"
+    assert recipe_summary("likelihood", "results/models/sft/medium", 0) == "untrained medium policy"
+    assert recipe_summary("implicit", "x/medium", 9, True) == "init medium; 9 outcome-labelled rollouts; scored with reference"

@@ -96,9 +96,9 @@ class RewardModel:
         return count_params(self.model)
 
     @classmethod
-    def load(cls, path: str | Path, use_ref: bool = True) -> "RewardModel":
-        """The model saved at `path`. `use_ref`: implicit PRMs score with their reference (head
-        models have none and ignore it)."""
+    def load(cls, path: str | Path, use_ref: bool | None = None) -> "RewardModel":
+        """The model saved at `path`. `use_ref`: whether implicit PRMs score with their reference;
+        None follows the model's saved choice (head models have none and ignore it)."""
         raise NotImplementedError
 
     def step_scores(self, examples: list[dict], batch_size: int = 64) -> list[list[float]]:
@@ -159,6 +159,6 @@ def reward_model_class(kind: str) -> type[RewardModel]:
     return getattr(importlib.import_module(f".{spec.module}", __package__), spec.cls)
 
 
-def load_reward_model(path: str | Path, use_ref: bool = True) -> RewardModel:
+def load_reward_model(path: str | Path, use_ref: bool | None = None) -> RewardModel:
     """Any trained reward model, by the kind recorded in its rm_meta.json."""
     return reward_model_class(read_meta(path)["kind"]).load(path, use_ref=use_ref)

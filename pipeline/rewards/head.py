@@ -39,7 +39,7 @@ class HeadRewardModel(RewardModel):
         return cls(model, tokenizer, kind, dict(meta or {}))
 
     @classmethod
-    def load(cls, path: str | Path, use_ref: bool = True) -> "HeadRewardModel":
+    def load(cls, path: str | Path, use_ref: bool | None = None) -> "HeadRewardModel":
         meta = read_meta(path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = AutoModelForTokenClassification.from_pretrained(path, trust_remote_code=False)

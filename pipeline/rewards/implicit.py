@@ -1,7 +1,9 @@
 """Implicit PRM: a causal LM pi_phi initialised from a policy, with a frozen reference pi_ref
 (the same policy). Step score = r_h = sum over step h's tokens of beta * log(pi_phi/pi_ref)
-(`losses`), trained on outcome labels only; `load(use_ref=False)` scores without the
-reference (log pi_phi alone). PRIME trains one online (pipeline/rl/prime.py).
+(`losses`), trained on outcome labels only. Scoring without the reference (log pi_phi alone,
+the paper's "reference can be dropped at inference") is the saved `score_with_reference: false`
+(config rm.implicit_score_reference), or `load(use_ref=False)`. PRIME trains one online
+(pipeline/rl/prime.py) and always uses the ratio.
 """
 from __future__ import annotations
 
@@ -41,8 +43,11 @@ class ImplicitPRM(RewardModel):
         return cls(model, ref, tokenizer, {**meta, "ref_policy": policy_path})
 
     @classmethod
-    def load(cls, path: str | Path, use_ref: bool = True) -> "ImplicitPRM":
+    def load(cls, path: str | Path, use_ref: bool | None = None) -> "ImplicitPRM":
+        """`use_ref`: None follows the model's saved `score_with_reference` (true if absent)."""
         meta = read_meta(path)
+        if use_ref is None:
+            use_ref = bool(meta.get("score_with_reference", True))
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
         ref = None

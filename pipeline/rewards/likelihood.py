@@ -49,7 +49,7 @@ class LikelihoodVerifier(RewardModel):
         return cls(model, tokenizer, "likelihood", {**(meta or {}), "policy": policy_path})
 
     @classmethod
-    def load(cls, path: str | Path, use_ref: bool = True) -> "LikelihoodVerifier":
+    def load(cls, path: str | Path, use_ref: bool | None = None) -> "LikelihoodVerifier":
         meta = read_meta(path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         if tokenizer.pad_token is None:

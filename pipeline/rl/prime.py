@@ -88,7 +88,9 @@ class PRIME(Method):
         if not self.online or pc["prm_init"] != "policy":
             if not ctx.rm:
                 raise SystemExit("rl.prime.prm_init / frozen_prm names a trained implicit PRM: pass it with --rm")
-            self.prm = ImplicitPRM.load(ctx.rm)  # keeps the beta it was trained with
+            # keeps the beta it was trained with; PRIME's process reward is the log-ratio by
+            # definition, whatever the verifier tables score it with
+            self.prm = ImplicitPRM.load(ctx.rm, use_ref=True)
         else:
             self.prm = ImplicitPRM.init_from_policy(ctx.policy, {"beta": float(pc["beta"])})
         if self.online:
