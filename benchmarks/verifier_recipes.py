@@ -27,35 +27,58 @@ from pipeline.rewards import AGGREGATIONS, aggregate, load_reward_model, scoring
 from pipeline.utils import read_jsonl
 from pipeline.verify import attach_scores, draw_subsets, load_pool, m_best_of_n, subset_accuracy
 
-# name -> (kind, init tier, label file key, loss, prm label, score with the reference)
+# name -> (kind, init tier, label file key, loss, prm label, score with the reference[, rm overrides])
+# label file keys: rollouts (the run's seed rollouts), mc (their MC labels), rollouts_8x (made on
+# first use: the medium policy's rollouts of 8x the prompts, by the real rollouts stage)
 RECIPES = {
-    "orm @ medium (today)": ("orm", "medium", "rollouts", "ce", "se", True),
-    "orm @ strong": ("orm", "strong", "rollouts", "ce", "se", True),
-    "prm_he @ strong": ("prm", "strong", "mc", "ce", "he", True),
-    "pav @ strong": ("pav", "strong", "mc", "ce", "se", True),
+    "orm @ medium": ("orm", "medium", "rollouts", "ce", "se", True),
+    "orm @ strong (default)": ("orm", "strong", "rollouts", "ce", "se", True),
+    "orm @ strong, 8x rollouts": ("orm", "strong", "rollouts_8x", "ce", "se", True),
+    "orm @ strong, lr 3e-5 x 8 epochs": ("orm", "strong", "rollouts", "ce", "se", True, {"lr": 3e-5, "epochs": 8}),
+    "prm_he @ strong (default)": ("prm", "strong", "mc", "ce", "he", True),
+    "prm_he @ strong, lr 3e-5 x 8 epochs": ("prm", "strong", "mc", "ce", "he", True, {"lr": 3e-5, "epochs": 8}),
+    "pav @ strong (default)": ("pav", "strong", "mc", "ce", "se", True),
+    "pav @ strong, lr 3e-5 x 8 epochs": ("pav", "strong", "mc", "ce", "se", True, {"lr": 3e-5, "epochs": 8}),
     "implicit_ce @ medium, no ref": ("implicit", "medium", "rollouts", "ce", "se", False),
-    "implicit_ce @ strong": ("implicit", "strong", "rollouts", "ce", "se", True),
-    "implicit_ce @ strong, no ref": ("implicit", "strong", "rollouts", "ce", "se", False),
-    "implicit_nca @ strong, no ref": ("implicit", "strong", "rollouts", "nca", "se", False),
+    "implicit_ce @ strong, with ref": ("implicit", "strong", "rollouts", "ce", "se", True),
+    "implicit_ce @ strong, no ref (default)": ("implicit", "strong", "rollouts", "ce", "se", False),
+    "implicit_ce_inst @ strong, no ref (default)": ("implicit", "strong", "rollouts", "ce_inst", "se", False),
+    "implicit_nca @ strong, no ref (default)": ("implicit", "strong", "rollouts", "nca", "se", False),
 }
 
 
-def train(res: Path, out: Path, kind: str, tier: str, labels: str, loss: str, label: str) -> None:
+def label_file(res: Path, cfg: dict, labels: str) -> Path:
+    rm, split = cfg["rm"], cfg["mc_label"]["split"]
+    if labels == "rollouts":
+        return res / "rollouts" / rm["data_policy"] / f"{split}.jsonl"
+    if labels == "mc":
+        return res / "mc" / rm["data_policy"] / f"{split}.jsonl"
+    assert labels == "rollouts_8x", labels
+    out = res.parent / "recipe_data" / f"{split}_8x.jsonl"
+    if not out.exists():
+        ro = {**cfg["rollouts"], "n_prompts": 8 * int(cfg["rollouts"]["n_prompts"])}
+        stage = {"rollouts": ro, "task": cfg["task"], "seed": cfg["seed"], "sampling": cfg["sampling"]}
+        subprocess.run([sys.executable, "-m", "pipeline.rollouts", "--cfg", json.dumps(stage),
+                        "--policy", str(res / "models" / "sft" / rm["data_policy"]), "--policy-name", rm["data_policy"],
+                        "--records", str(res / "data" / f"{split}.jsonl"), "--out", str(out), "--threads", "1"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out
+
+
+def train(res: Path, out: Path, kind: str, tier: str, labels: str, loss: str, label: str, use_ref: bool,
+          overrides: dict) -> None:
     cfg = load_preset()
-    rm = cfg["rm"]
-    split = cfg["mc_label"]["split"]
-    label_file = (res / "rollouts" / rm["data_policy"] / f"{split}.jsonl" if labels == "rollouts"
-                  else res / "mc" / rm["data_policy"] / f"{split}.jsonl")
+    rm = {**cfg["rm"], "implicit_score_reference": use_ref, **overrides}
     cmd = [sys.executable, "-m", "pipeline.train_rm", "--cfg", json.dumps({"rm": rm, "seed": cfg["seed"]}),
-           "--kind", kind, "--loss", loss, "--prm-label", label, "--labels", str(label_file),
+           "--kind", kind, "--loss", loss, "--prm-label", label, "--labels", str(label_file(res, cfg, labels)),
            "--policy", str(res / "models" / "sft" / tier),
            "--heldout", str(res / "rollouts" / rm["data_policy"] / f"{rm['heldout_split']}.jsonl"),
            "--out", str(out), "--threads", "1"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def measure(model_dir: Path, use_ref: bool, res: Path, cfg: dict) -> dict:
-    rm = load_reward_model(model_dir, use_ref=use_ref)
+def measure(model_dir: Path, res: Path, cfg: dict) -> dict:
+    rm = load_reward_model(model_dir)  # scores as saved (implicit: with or without its reference)
     bs = int(cfg["verify"]["score_batch_size"])
     aggs = [a for a in AGGREGATIONS if a != "product" or rm.scores_are_probabilities]
     held = [r for r in read_jsonl(res / "rollouts" / cfg["rm"]["data_policy"] / f"{cfg['rm']['heldout_split']}.jsonl")
@@ -94,18 +117,18 @@ def main() -> None:
     lines = ["| recipe | within-prompt AUROC (held-out, best agg.) | best-of-" + " / ".join(map(str, cfg["verify"]["n_values"]))
              + " (medium pool) | train + score s |", "|---|---:|---|---:|"]
     for name in ("loglik_medium", "loglik_strong"):
-        m = measure(args.results / "rm" / name / "model", True, args.results, cfg)
+        m = measure(args.results / "rm" / name / "model", args.results, cfg)
         lines.append(f"| {name} (untrained) | {m['within_prompt_auroc']:.3f} ({m['aggregation']}) | "
                      + " / ".join(f"{v:.3f}" for v in m["bon"].values()) + " | |")
         print(lines[-1], flush=True)
-    for name, (kind, tier, labels, loss, label, use_ref) in RECIPES.items():
+    for name, (kind, tier, labels, loss, label, use_ref, *more) in RECIPES.items():
         if args.only and name not in args.only:
             continue
         t0 = time.time()
-        out = args.out / name.replace(" ", "_").replace(",", "").replace("@", "at")
+        out = args.out / name.replace(" ", "_").replace(",", "").replace("@", "at").replace("(", "").replace(")", "")
         if not (out / "model" / "rm_meta.json").exists():
-            train(args.results, out, kind, tier, labels, loss, label)
-        m = measure(out / "model", use_ref, args.results, cfg)
+            train(args.results, out, kind, tier, labels, loss, label, use_ref, more[0] if more else {})
+        m = measure(out / "model", args.results, cfg)
         lines.append(f"| {name} | {m['within_prompt_auroc']:.3f} ({m['aggregation']}) | "
                      + " / ".join(f"{v:.3f}" for v in m["bon"].values()) + f" | {time.time() - t0:.0f} |")
         print(lines[-1], flush=True)

@@ -139,6 +139,13 @@ def name_problems(cfg: dict) -> list[str]:
         if isinstance(where, str) and not HUB_ID.match(where) and not Path(where).is_dir():
             out.append(f"config key policies.{name}: {where!r} is neither an existing model directory nor a hub id "
                        "(org/name)")
+        elif isinstance(where, str) and Path(where).is_dir():
+            from .modeling import ModelFolderError, check_model_dir
+
+            try:  # an incomplete or truncated folder is named now, not after the jobs before it ran
+                check_model_dir(where)
+            except ModelFolderError as e:
+                out.append(f"config key policies.{name}: {e}")
     return out
 
 
@@ -412,3 +419,25 @@ def load_preset(*overlays: str | Path) -> dict:
     for path in overlays:
         cfg = merge_configs(cfg, yaml.safe_load(Path(path).read_text()) or {})
     return validate_config(cfg, source=" + ".join(["config/tiny.yaml", *map(str, overlays)]))
+
+
+# what each sampling backend imports in the jobs (hf's transformers is a core dependency)
+BACKEND_MODULES = {"hf": "transformers", "vllm": "vllm"}
+
+
+def backend_import_problem(backend: str, python: str | None = None) -> str | None:
+    """Why `python` (default: this interpreter, the one every job runs) cannot import what
+    `sampling.backend` needs, or None. Imported in a child process: a broken install (vLLM's CPU
+    build beside CUDA torchvision fails with "operator torchvision::nms does not exist") is caught
+    too, and Snakemake's own process never loads the engine."""
+    import subprocess
+    import sys
+
+    python = python or sys.executable
+    module = BACKEND_MODULES[backend]
+    proc = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True, timeout=900)
+    if proc.returncode == 0:
+        return None
+    last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
+    return (f"config key sampling.backend: {backend!r} needs `import {module}` in {python}, which fails: {last} "
+            "(install the extra, pip install -e '.[gpu]', or set sampling.backend: hf)")

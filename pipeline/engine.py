@@ -337,7 +337,11 @@ def save_checkpoint(engine, ckpt_dir: str | Path, step: int, cfg_hash: str, clie
     barrier()  # every rank's shard is on disk before the tag is published
     if not is_main():
         return
-    write_json(ckpt_dir / "latest.json", {"tag": tag, "step": step, "config_hash": cfg_hash})
+    # the size of every file of the tag, so a resume can tell a truncated or lost file before loading
+    files = {str(f.relative_to(ckpt_dir)): f.stat().st_size
+             for d in [ckpt_dir, *(ckpt_dir / name for name in (extra_engines or {}))]
+             for f in sorted((d / tag).rglob("*")) if f.is_file()}
+    write_json(ckpt_dir / "latest.json", {"tag": tag, "step": step, "config_hash": cfg_hash, "files": files})
     for d in [ckpt_dir, *(ckpt_dir / name for name in (extra_engines or {}))]:
         for old in d.glob("step*"):  # keep only the published checkpoint
             if old.name != tag:
@@ -345,26 +349,81 @@ def save_checkpoint(engine, ckpt_dir: str | Path, step: int, cfg_hash: str, clie
     log.info("checkpoint %s saved to %s", tag, ckpt_dir)
 
 
+def checkpoint_problem(ckpt_dir: Path) -> str | None:
+    """Why the checkpoint published in `ckpt_dir` cannot be resumed (None: it can): latest.json
+    unreadable or not what save_checkpoint writes, its tag folder missing, or a file of the tag
+    missing or of another size than when it was saved (truncated)."""
+    from .utils import DataFileError
+
+    try:
+        meta = read_json(ckpt_dir / "latest.json")
+    except DataFileError as e:
+        return str(e)
+    if not (isinstance(meta, dict) and isinstance(meta.get("tag"), str) and isinstance(meta.get("step"), int)
+            and isinstance(meta.get("config_hash"), str) and isinstance(meta.get("files"), dict)):
+        return f"{ckpt_dir / 'latest.json'}: not a published checkpoint (tag, step, config_hash, files)"
+    if not (ckpt_dir / meta["tag"]).is_dir():
+        return f"{ckpt_dir / meta['tag']}: the published tag folder is missing"
+    for rel, size in meta["files"].items():
+        f = ckpt_dir / rel
+        if not f.is_file():
+            return f"{f}: missing"
+        if f.stat().st_size != size:
+            return f"{f}: {f.stat().st_size} bytes, {size} when saved (truncated or overwritten)"
+    return None
+
+
+def move_aside(ckpt_dir: Path) -> Path:
+    """Rename an unreadable checkpoint folder to <name>.unreadable (replacing an older one), so the
+    next run starts fresh and the files stay for a post-mortem."""
+    aside = ckpt_dir.with_name(ckpt_dir.name + ".unreadable")
+    shutil.rmtree(aside, ignore_errors=True)
+    ckpt_dir.rename(aside)
+    return aside
+
+
 def load_checkpoint(engine, ckpt_dir: str | Path, cfg_hash: str, extra_engines: dict | None = None) -> dict | None:
     """Restore engine (+ `extra_engines`, as saved) + RNG from the published checkpoint;
-    returns its client state, or None when there is nothing (valid) to resume."""
-    latest = Path(ckpt_dir) / "latest.json"
+    returns its client state, or None when there is nothing (valid) to resume: none, one for
+    another config (deleted), or an unreadable one (moved aside with a warning naming it)."""
+    ckpt_dir = Path(ckpt_dir)
+    latest = ckpt_dir / "latest.json"
     if not latest.exists():
         return None
-    meta = read_json(latest)
-    if meta.get("config_hash") != cfg_hash:
+    try:
+        meta = read_json(latest)
+    except ValueError:  # unreadable: checkpoint_problem says why
+        meta = None
+    if isinstance(meta, dict) and isinstance(meta.get("config_hash"), str) and meta["config_hash"] != cfg_hash:
         log.warning("ignoring checkpoint in %s: written for a different config", ckpt_dir)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        barrier()  # every rank has looked before rank 0 deletes it
+        if is_main():
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+        barrier()
         return None
-    _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=meta["tag"], load_optimizer_states=True,
-                                             load_lr_scheduler_states=True)
-    if client_state is None or "pipeline_state" not in client_state:
-        raise RuntimeError(f"checkpoint {ckpt_dir}/{meta['tag']} could not be loaded")
-    for name, extra in (extra_engines or {}).items():
-        path, _ = extra.load_checkpoint(str(Path(ckpt_dir) / name), tag=meta["tag"], load_optimizer_states=True,
-                                        load_lr_scheduler_states=True)
-        if path is None:
-            raise RuntimeError(f"checkpoint {ckpt_dir}/{name}/{meta['tag']} could not be loaded")
+    problem = checkpoint_problem(ckpt_dir)
+    barrier()  # every rank has looked before rank 0 moves anything
+    if problem is not None:
+        if is_main():
+            log.warning("unreadable checkpoint, starting fresh: %s (moved aside to %s)", problem, move_aside(ckpt_dir))
+        barrier()
+        return None
+    try:
+        _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=meta["tag"], load_optimizer_states=True,
+                                                 load_lr_scheduler_states=True)
+        if client_state is None or "pipeline_state" not in client_state:
+            raise RuntimeError("DeepSpeed returned no client state")
+        for name, extra in (extra_engines or {}).items():
+            path, _ = extra.load_checkpoint(str(ckpt_dir / name), tag=meta["tag"], load_optimizer_states=True,
+                                            load_lr_scheduler_states=True)
+            if path is None:
+                raise RuntimeError(f"{name}: DeepSpeed found nothing to load")
+    except Exception as e:
+        # the files had their saved sizes but do not load: part of the state may be in the
+        # engine already, so this run cannot start fresh; the next one will
+        aside = move_aside(ckpt_dir) if is_main() else ckpt_dir
+        raise RuntimeError(f"checkpoint {ckpt_dir}/{meta['tag']} could not be loaded ({e}); moved aside to "
+                           f"{aside}: rerun the job to start fresh") from e
     set_rng_state(client_state["rng"])
     log.info("resumed from %s/%s (step %d)", ckpt_dir, meta["tag"], meta["step"])
     return client_state["pipeline_state"]

@@ -5,12 +5,73 @@ so it goes through the same path.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           PreTrainedTokenizerFast)
 
+from .config import HUB_ID
+
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+# what a model folder must hold for AutoTokenizer (one of these: fast, sentencepiece, BPE, WordPiece
+# vocabularies) and for from_pretrained (a config and the weights, single-file or sharded)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is missing, incomplete or unreadable; the message names it and what is wrong."""
+
+
+def check_model_dir(path, tokenizer: bool = True, weights: bool = True) -> None:
+    """Before any loading: a local model folder holds a config, a tokenizer (if `tokenizer`) and
+    readable weights (if `weights`: every safetensors file's header and extent are checked, so a
+    truncated or garbage file is named here, not in a bare SafetensorError). A hub id that is
+    not a local folder passes (from_pretrained resolves it); any other missing path is an error."""
+    p = Path(path)
+    if not p.is_dir():
+        if p.exists():
+            raise ModelFolderError(f"{path}: not a folder (a model is a folder written by save_pretrained)")
+        if HUB_ID.match(str(path)):
+            return
+        raise ModelFolderError(f"{path}: no such model folder (nor a hub id of the form org/name)")
+    missing = []
+    if not (p / "config.json").is_file():
+        missing.append("config.json")
+    if tokenizer and not any((p / f).is_file() for f in TOKENIZER_FILES):
+        missing.append("a tokenizer (" + " / ".join(TOKENIZER_FILES) + ")")
+    present = [f for f in WEIGHT_FILES if (p / f).is_file()]
+    if weights and not present:
+        missing.append("weights (" + " / ".join(WEIGHT_FILES) + ")")
+    if missing:
+        raise ModelFolderError(f"{path}: model folder lacks " + ", ".join(missing))
+    if not weights:
+        return
+    shards = []
+    for f in present:
+        if f.endswith(".index.json"):
+            try:
+                index = json.loads((p / f).read_text(encoding="utf-8"))
+                names = sorted(set(index["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise ModelFolderError(f"{p / f}: unreadable shard index ({e})") from e
+            lost = [n for n in names if not (p / n).is_file()]
+            if lost:
+                raise ModelFolderError(f"{p / f}: names shards that are missing: {', '.join(lost)}")
+            shards += [p / n for n in names if n.endswith(".safetensors")]
+        elif f.endswith(".safetensors"):
+            shards.append(p / f)
+    from safetensors import safe_open
+
+    for shard in shards:
+        try:
+            with safe_open(str(shard), "pt"):
+                pass
+        except Exception as e:  # SafetensorError (truncated, garbage) or OSError
+            raise ModelFolderError(f"{shard}: unreadable weights ({e}); the file is truncated or not safetensors") from e
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
@@ -51,6 +112,7 @@ def build_tiny_llama(tokenizer, model_cfg: dict, seed: int) -> LlamaForCausalLM:
 def load_policy(path: str, dtype: str = "float32", trust_remote_code: bool = False):
     """(model, tokenizer) from a local directory or hub id. `trust_remote_code` stays off
     unless a preset turns it on explicitly."""
+    check_model_dir(path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -67,6 +129,7 @@ def load_scalar_head_model(path: str, dropout: float = 0.1, trust_remote_code: b
     transformers' default for such heads; the released VinePPO critic turns it off)."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
+    check_model_dir(path)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -82,6 +145,7 @@ def param_count_from_config(path: str, trust_remote_code: bool = False) -> int:
     is built on the meta device). Used where an engine such as vLLM holds the real weights."""
     from transformers import AutoConfig
 
+    check_model_dir(path, tokenizer=False, weights=False)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)

@@ -454,6 +454,9 @@ def make_sampler(sampling_cfg: dict, model=None, tokenizer=None, model_path: str
             model, tokenizer = load_policy(model_path)
         return HFSampler(model, tokenizer, batch_size=sampling_cfg["batch_size"], progress=sampling_cfg["progress"])
     if backend == "vllm":
+        from .modeling import check_model_dir
+
+        check_model_dir(model_path)  # vLLM's own errors about a bad folder do not name it
         # tensor_parallel_size has no schema default: the workflow sets it per job to the job's GPUs
         # (common.smk `sampling_of`); absent (no GPUs, or a stage run by hand) is one device
         return VLLMSampler(model_path, tensor_parallel_size=sampling_cfg.get("tensor_parallel_size") or 1,

@@ -98,6 +98,9 @@ def main(argv=None) -> None:
             raise SystemExit(f"--generator-tokenizers {spec!r}: expected name=model")
         from transformers import AutoTokenizer
 
+        from .modeling import check_model_dir
+
+        check_model_dir(path, weights=False)
         retokenize[name] = not same_vocabulary(AutoTokenizer.from_pretrained(path, trust_remote_code=False),
                                                rm.tokenizer)
         if retokenize[name]:

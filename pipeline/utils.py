@@ -209,12 +209,40 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+# the CLI options through which stages name what they write (checked writable before any work)
+OUTPUT_ARGS = ("out", "out_dir", "table1", "table4", "plot")
+PROBE_BYTES = 1 << 20  # a full disk fails this write, not the one after hours of work
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """The folder that will receive `path` (atomic writes put a temporary beside it) exists or
+    can be made, and takes a 1 MiB file: a read-only mount or a full disk is reported now,
+    naming the option and the folder, instead of after the work."""
+    folder = Path(path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write_probe.")
+        try:
+            with os.fdopen(fd, "wb") as f:  # a buffered write loops over short writes: ENOSPC surfaces
+                f.write(b"\0" * PROBE_BYTES)
+        finally:
+            os.unlink(probe)
+    except OSError as e:
+        raise SystemExit(f"{what} {path}: cannot write in {folder} ({e.strerror or e}); "
+                         "free space or choose another out_dir before the work starts") from None
+
+
 def start_stage(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Namespace, dict]:
-    """Parse a stage's CLI, set up logging and torch threads; returns (args, stage config)."""
+    """Parse a stage's CLI, set up logging and torch threads, and check every output can be
+    written; returns (args, stage config)."""
     args = parser.parse_args(argv)
+    cfg = parse_cfg(args.cfg)
+    for name in OUTPUT_ARGS:
+        if getattr(args, name, None):
+            check_writable(getattr(args, name), "--" + name.replace("_", "-"))
     setup_logging(args.log)
     set_threads(args.threads)
-    return args, parse_cfg(args.cfg)
+    return args, cfg
 
 
 def parse_cfg(arg: str) -> dict:

@@ -59,3 +59,13 @@ def scaled_tiny_llama(tok, model_cfg: dict, seed: int = 0, scale: float = 0.3):
             if p.dim() == 2:
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
     return m
+
+
+def save_tiny_policy(out: Path, seed: int = 0) -> Path:
+    """A real, loadable policy folder (char tokenizer, tiny Llama from the validated model section)."""
+    from pipeline.modeling import build_char_tokenizer, build_tiny_llama, save_policy
+
+    tok = build_char_tokenizer()
+    save_policy(build_tiny_llama(tok, {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1},
+                                 seed=seed), tok, out)
+    return out

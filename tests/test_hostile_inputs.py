@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, load_preset, merge_configs, validate_config
-from conftest import snakemake
+from conftest import save_tiny_policy, snakemake
 
 
 def check(change: dict) -> str:
@@ -39,7 +39,7 @@ def test_hostile_config_values_are_refused_naming_the_key(change, message):
 
 
 def test_hub_ids_and_existing_folders_are_policies(tmp_path):
-    (tmp_path / "my model").mkdir()
+    save_tiny_policy(tmp_path / "my model")
     cfg = merge_configs(load_preset(), {"policies": {"hub": "meta-llama/Llama-3.1-8B-Instruct",
                                                      "local": str(tmp_path / "my model")}})
     validate_config(cfg)  # a folder with a space is fine: rules quote it
@@ -61,13 +61,84 @@ def test_injection_through_a_policy_never_runs(tmp_path):
 def test_a_policy_folder_with_a_space_reaches_the_command_as_one_word(tmp_path):
     """Rules quote every path they interpolate (Snakemake's :q): a policy folder with a space is one
     argument of the planned command, not two."""
-    model = tmp_path / "my model"
-    model.mkdir()
+    model = save_tiny_policy(tmp_path / "my model")
     over = tmp_path / "over.yaml"
     over.write_text(yaml.safe_dump({"policies": {"medium": str(model)}}))
     proc = snakemake(tmp_path, "-n", "-p", "results/rollouts/medium/train.jsonl", "--configfile", str(over))
     line = next(x for x in proc.stdout.splitlines() if "-m pipeline.rollouts" in x)
     assert f"--policy '{model}' --policy-name medium" in line
+
+
+# ---- model folders: what is missing or unreadable is named before anything loads ------------------
+
+def _break(model, how):
+    if how == "missing":
+        return model.parent / "no_such_model"
+    if how == "empty":
+        for f in model.iterdir():
+            f.unlink()
+    elif how == "no tokenizer":
+        (model / "tokenizer.json").unlink()
+    elif how == "truncated weights":
+        w = model / "model.safetensors"
+        w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    elif how == "garbage weights":
+        (model / "model.safetensors").write_bytes(b"not a safetensors file" * 4)
+    elif how == "lost shard":
+        (model / "model.safetensors").rename(model / "model-00001-of-00002.safetensors")
+        (model / "model.safetensors.index.json").write_text(
+            '{"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}')
+    return model
+
+
+MODEL_FOLDER_CASES = [
+    ("missing", "no_such_model: no such model folder"),
+    ("empty", "model folder lacks config.json, a tokenizer (tokenizer.json / tokenizer.model / vocab.json / vocab.txt), "
+              "weights (model.safetensors"),
+    ("no tokenizer", "model folder lacks a tokenizer"),
+    ("truncated weights", "model.safetensors: unreadable weights (Error while deserializing header"),
+    ("garbage weights", "model.safetensors: unreadable weights"),
+    ("lost shard", "model.safetensors.index.json: names shards that are missing: model-00002-of-00002.safetensors"),
+]
+
+
+@pytest.mark.parametrize("how, message", MODEL_FOLDER_CASES)
+def test_a_broken_model_folder_is_named_by_every_loader(tmp_path, how, message):
+    """The loaders' own errors were "Repo id must be in the form namespace/repo_name", "install
+    sentencepiece or tiktoken" and a bare SafetensorError; each now names the folder or file."""
+    from pipeline.modeling import ModelFolderError, load_policy, load_scalar_head_model
+    from pipeline.rewards import ImplicitPRM, LikelihoodVerifier
+
+    model = _break(save_tiny_policy(tmp_path / "policy"), how)
+    for load in (load_policy, load_scalar_head_model, LikelihoodVerifier.init_from_policy,
+                 lambda p: ImplicitPRM.init_from_policy(p, {"beta": 0.05})):
+        with pytest.raises(ModelFolderError) as e:
+            load(str(model))
+        assert message in str(e.value) and str(model.parent) in str(e.value), (load, str(e.value))
+
+
+def test_a_broken_policy_folder_stops_the_dag_build_naming_the_key(tmp_path):
+    model = _break(save_tiny_policy(tmp_path / "policy"), "truncated weights")
+    text = check({"policies": {"medium": str(model)}})
+    assert "config key policies.medium:" in text and "model.safetensors: unreadable weights" in text, text
+
+
+def test_a_stage_given_a_broken_policy_names_it_before_reading_anything_else(tmp_path):
+    """rollouts with a folder lacking its tokenizer: the message names the folder (exit before sampling)."""
+    import json
+
+    from pipeline.rollouts import main as rollouts_main
+    from pipeline.modeling import ModelFolderError
+
+    model = _break(save_tiny_policy(tmp_path / "policy"), "no tokenizer")
+    records = tmp_path / "test.jsonl"
+    records.write_text(json.dumps({"id": "a", "problem": "1+1=?", "answer": "2"}) + "\n")
+    cfg = load_preset()
+    with pytest.raises(ModelFolderError, match="policy: model folder lacks a tokenizer"):
+        rollouts_main(["--cfg", json.dumps({k: cfg[k] for k in ("rollouts", "task", "seed", "sampling")}),
+                       "--policy", str(model), "--policy-name", "medium", "--records", str(records),
+                       "--out", str(tmp_path / "out.jsonl")])
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 # ---- data files: errors name the file and line, before any model loads ---------------------------
@@ -165,3 +236,152 @@ def test_an_optimizer_step_that_breaks_the_weights_stops_the_stage(zero_stage):
         with pytest.raises(NonFiniteWeights, match=r"rloo loss: the optimizer step at step 3 left non-finite weights; "
                                                     r"stopping before they are saved \(lower rl.lr"):
             train_batch(engine, [0], [1.0], loss_fn(engine, True), 1, what="rloo loss", step=3, lr_key="rl.lr")
+
+
+# ---- checkpoints: an unreadable one is moved aside and the run starts fresh ---------------------
+
+def _corrupt(ckpt, how):
+    latest = ckpt / "latest.json"
+    tag = ckpt / "step0000001"
+    state = next(f for f in sorted(tag.rglob("*.pt")))
+    if how == "garbage latest.json":
+        latest.write_bytes(b"\x00\xffnot json")
+    elif how == "empty latest.json":
+        latest.write_text("")
+    elif how == "list latest.json":
+        latest.write_text("[]")
+    elif how == "missing tag folder":
+        import shutil
+        shutil.rmtree(tag)
+    elif how == "truncated state file":
+        state.write_bytes(state.read_bytes()[:100])
+    elif how == "same-size garbage":
+        state.write_bytes(b"x" * state.stat().st_size)
+    return state
+
+
+CHECKPOINT_CASES = [
+    ("garbage latest.json", "latest.json: not UTF-8 text"),
+    ("empty latest.json", "latest.json:1: not valid JSON"),
+    ("list latest.json", "latest.json: not a published checkpoint"),
+    ("missing tag folder", "step0000001: the published tag folder is missing"),
+    ("truncated state file", "mp_rank_00_model_states.pt: 100 bytes, "),
+]
+
+
+def _engine(seed=0):
+    from conftest import MODEL_SECTION, TRAINER
+    from pipeline.engine import build_engine
+    from pipeline.modeling import build_char_tokenizer, build_tiny_llama
+
+    tok = build_char_tokenizer()
+    small = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2,
+             "max_position_embeddings": 64}
+    return build_engine(build_tiny_llama(tok, small, seed=seed), {**TRAINER, "lr": 1e-3}, total_steps=4, batch_size=1)
+
+
+@pytest.mark.parametrize("how, message", CHECKPOINT_CASES)
+def test_an_unreadable_checkpoint_is_moved_aside_and_the_run_starts_fresh(tmp_path, caplog, how, message):
+    """Each case crashed every rerun until the folder was deleted by hand; now the resume warns with
+    the path and what is wrong, moves the folder to <name>.unreadable and returns nothing to resume,
+    and the next save publishes a checkpoint that loads."""
+    import logging
+
+    from pipeline.engine import load_checkpoint, save_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(_engine(), ckpt, 1, "h", {"step": 1})
+    assert load_checkpoint(_engine(), ckpt, "h") == {"step": 1}  # intact: resumes
+    _corrupt(ckpt, how)
+    with caplog.at_level(logging.WARNING, logger="pipeline.engine"):
+        assert load_checkpoint(_engine(), ckpt, "h") is None
+    text = caplog.text
+    assert "unreadable checkpoint, starting fresh" in text and message in text and str(ckpt) in text, text
+    assert not ckpt.exists() and (tmp_path / "ckpt.unreadable").is_dir()
+    save_checkpoint(_engine(), ckpt, 2, "h", {"step": 2})
+    assert load_checkpoint(_engine(), ckpt, "h") == {"step": 2}
+
+
+def test_a_checkpoint_that_fails_to_load_is_moved_aside_for_the_rerun(tmp_path):
+    """Files of the saved sizes that do not load (here: overwritten with bytes): the error names the
+    checkpoint, the folder is moved aside, and the rerun starts fresh."""
+    from pipeline.engine import load_checkpoint, save_checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(_engine(), ckpt, 1, "h", {"step": 1})
+    _corrupt(ckpt, "same-size garbage")
+    with pytest.raises(RuntimeError, match=rf"checkpoint {ckpt}/step0000001 could not be loaded .*moved aside to "
+                                           rf"{tmp_path}/ckpt.unreadable: rerun the job to start fresh"):
+        load_checkpoint(_engine(), ckpt, "h")
+    assert load_checkpoint(_engine(), ckpt, "h") is None and not ckpt.exists()
+
+
+# ---- outputs: a folder that cannot take the output is reported before any work ---------------------
+
+@pytest.fixture
+def small_mount(tmp_path):
+    """A 512 KiB tmpfs (full for the 1 MiB probe), and a read-only one; skipped where mounting is not allowed."""
+    import subprocess
+
+    mounts = {}
+    for name, opts in (("full", "size=512k"), ("readonly", "ro,size=512k")):
+        d = tmp_path / name
+        d.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)], capture_output=True).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounts[name] = d
+    yield mounts
+    for d in mounts.values():
+        subprocess.run(["umount", str(d)], capture_output=True)
+
+
+def _rollouts(tmp_path, out):
+    import json
+
+    from pipeline.rollouts import main as rollouts_main
+
+    records = tmp_path / "test.jsonl"
+    records.write_text(json.dumps({"id": "a", "problem": "1+1=?", "answer": "2"}) + "\n")
+    cfg = load_preset()
+    rollouts_main(["--cfg", json.dumps({k: cfg[k] for k in ("rollouts", "task", "seed", "sampling")}),
+                   "--policy", str(tmp_path / "no_model"), "--policy-name", "medium", "--records", str(records),
+                   "--out", str(out)])
+
+
+@pytest.mark.parametrize("case, reason", [("full", "No space left on device"), ("readonly", "Read-only file system")])
+def test_a_full_or_read_only_output_folder_stops_the_stage_first(tmp_path, small_mount, case, reason):
+    """The policy does not exist: an error about it would mean work had started before the check."""
+    out = small_mount[case] / "rollouts" / "test.jsonl"
+    with pytest.raises(SystemExit, match=rf"--out {out}: cannot write in {out.parent} \({reason}\); free space or"):
+        _rollouts(tmp_path, out)
+    assert not out.exists()
+
+
+def test_an_output_below_a_file_stops_the_stage_first(tmp_path):
+    (tmp_path / "results").write_text("a file where the results folder should be")
+    out = tmp_path / "results" / "rollouts.jsonl"
+    with pytest.raises(SystemExit, match=rf"--out {out}: cannot write in {tmp_path}/results \(.*\); free space or"):
+        _rollouts(tmp_path, out)
+
+
+# ---- runs: an engine that does not import stops the run before its first job --------------------
+
+def test_a_sampling_backend_that_does_not_import_stops_the_run_before_any_job(tmp_path):
+    """sampling.backend: vllm on an install without it failed at the first sampling job, after SFT.
+    Now the run stops before any job, naming the key; a dry run still plans (presets are checked
+    on machines without the GPU extra)."""
+    import importlib.util
+
+    from pipeline.config import backend_import_problem
+
+    assert backend_import_problem("hf") is None
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed here")
+    problem = backend_import_problem("vllm")
+    assert problem.startswith("config key sampling.backend: 'vllm' needs `import vllm` in ") and "ModuleNotFoundError" in problem
+    over = tmp_path / "vllm.yaml"
+    over.write_text(yaml.safe_dump({"sampling": {"backend": "vllm"}}))
+    assert snakemake(tmp_path, "-n", "results/data/train.jsonl", "--configfile", str(over)).returncode == 0
+    proc = snakemake(tmp_path, "-c1", "results/data/train.jsonl", "--configfile", str(over), check=False)
+    assert proc.returncode != 0 and "config key sampling.backend: 'vllm' needs `import vllm`" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()

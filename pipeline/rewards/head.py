@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from ..mc_values import best_of_k, step_advantages
-from ..modeling import load_scalar_head_model
+from ..modeling import check_model_dir, load_scalar_head_model
 from .base import RewardModel, read_meta, score_positions
 
 
@@ -41,6 +41,7 @@ class HeadRewardModel(RewardModel):
     @classmethod
     def load(cls, path: str | Path, use_ref: bool | None = None) -> "HeadRewardModel":
         meta = read_meta(path)
+        check_model_dir(path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = AutoModelForTokenClassification.from_pretrained(path, trust_remote_code=False)
         return cls(model, tokenizer, meta["kind"], meta)

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..flops import count_params
+from ..modeling import check_model_dir
 from ..scoring import collate, join_responses, split_responses, token_logprobs
 from .base import RewardModel, read_meta
 from .losses import implicit_token_rewards, step_rewards
@@ -35,6 +36,7 @@ class ImplicitPRM(RewardModel):
     @classmethod
     def init_from_policy(cls, policy_path: str, meta: dict) -> "ImplicitPRM":
         """pi_phi and pi_ref both start from the policy (Implicit PRM / PRIME)."""
+        check_model_dir(policy_path)
         tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -48,6 +50,7 @@ class ImplicitPRM(RewardModel):
         meta = read_meta(path)
         if use_ref is None:
             use_ref = bool(meta.get("score_with_reference", True))
+        check_model_dir(path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False)
         ref = None
@@ -56,6 +59,7 @@ class ImplicitPRM(RewardModel):
             # so loading from elsewhere (or a moved results tree) cannot pick up another policy
             rel = meta.get("ref_policy_from_model")
             ref_path = Path(path) / rel if rel and (Path(path) / rel).is_dir() else meta["ref_policy"]
+            check_model_dir(ref_path, tokenizer=False)
             ref = AutoModelForCausalLM.from_pretrained(ref_path, trust_remote_code=False)
             ref.eval().requires_grad_(False)
         return cls(model, ref, tokenizer, meta)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ..modeling import check_model_dir
 from ..scoring import split_responses, token_logprobs
 from .base import RewardModel, read_meta
 
@@ -42,6 +43,7 @@ class LikelihoodVerifier(RewardModel):
 
     @classmethod
     def init_from_policy(cls, policy_path: str, meta: dict | None = None) -> "LikelihoodVerifier":
+        check_model_dir(policy_path)
         tokenizer = AutoTokenizer.from_pretrained(policy_path, trust_remote_code=False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -51,6 +53,7 @@ class LikelihoodVerifier(RewardModel):
     @classmethod
     def load(cls, path: str | Path, use_ref: bool | None = None) -> "LikelihoodVerifier":
         meta = read_meta(path)
+        check_model_dir(path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -5,7 +5,7 @@ import re
 import shlex
 import sys
 
-from pipeline.config import ConfigError, data_splits, rl_reward_model, validate_config
+from pipeline.config import ConfigError, backend_import_problem, data_splits, rl_reward_model, validate_config
 
 # The default preset, found next to the Snakefile whatever the working directory
 # (--directory); --configfile/--config values are merged over it.
@@ -16,6 +16,17 @@ try:
 except ConfigError as err:
     sys.stderr.write(f"\n{err}\n\n")
     sys.exit(1)
+
+
+onstart:
+    # before the first job, not after SFT: the engine the sampling jobs need imports here. (A dry
+    # run plans without it, so presets can be checked on a machine without the GPU extra.)
+    if config["sampling"]["backend"] != "hf":
+        problem = backend_import_problem(config["sampling"]["backend"])
+        if problem:
+            sys.stderr.write(f"\n{problem}\n\n")
+            sys.exit(1)
+
 
 OUT = config["out_dir"].rstrip("/")
 PY = shlex.quote(sys.executable)  # the interpreter running Snakemake (the project venv)
