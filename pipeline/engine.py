@@ -45,6 +45,15 @@ def init_distributed() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not torch.cuda.is_available():
+        # training never all-reduces through DeepSpeed's shared-memory op (only its inference
+        # all-reduce does), which the CPU backend otherwise JIT-compiles when it starts: about a
+        # minute per new venv, paid by the first job of every fresh checkout (issue 17)
+        import deepspeed.ops
+
+        compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+        if isinstance(compatible, dict):
+            compatible["deepspeed_shm_comm"] = False
     if "RANK" in os.environ:
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
         return

@@ -24,6 +24,7 @@ from .sampler import HFSampler
 from .scoring import collate, token_logprobs
 from .evaluate import evaluate_policy
 from .task import format_prompt
+from .tracking import stage_tracker
 from .utils import atomic_dir, read_records, seed_everything, stage_parser, start_stage, write_json
 
 log = logging.getLogger("pipeline.sft")
@@ -72,6 +73,8 @@ def main(argv=None) -> None:
     state = load_checkpoint(engine, ckpt, chash) or {"step": 0, "curve": [], "tiers": {}, "compute": Compute().to_dict()}
     compute = Compute.from_dict(state["compute"])
     step = state["step"]
+    # TensorBoard beside the tiers (models/tensorboard/sft): loss per step, val pass@1 per eval
+    tracker = stage_tracker(cfg, Path(args.out).parent / "tensorboard" / "sft", is_main(), step + 1 if step else None)
     t0 = time.time()
     bar = tqdm(total=max_steps, initial=step, desc="sft", mininterval=5, disable=not is_main())
     while step < max_steps and len(state["tiers"]) < len(tiers):
@@ -85,6 +88,7 @@ def main(argv=None) -> None:
         compute.add_training(n_params, sum(len(p) + len(y) for p, y in batch))
         step += 1
         bar.update(1)
+        tracker.scalar("sft/loss", loss, step)
         if step % int(sft["eval_every"]) == 0 or step == max_steps:
             sampler = HFSampler(engine.module, tokenizer, batch_size=cfg["sampling"]["batch_size"], progress=False)
             ev = evaluate_policy(sampler, val_records, task_cfg, k=1, temperature=float(sft["eval_temperature"]),
@@ -92,6 +96,7 @@ def main(argv=None) -> None:
             compute = compute.merge(sampler.compute)
             state["curve"].append({"step": step, "loss": loss, "val_pass1": ev["pass1"]})
             log.info("step %d loss %.4f val pass@1 %.3f (%.0fs)", step, loss, ev["pass1"], time.time() - t0)
+            tracker.scalar("sft/val_pass1", ev["pass1"], step)
             for name, threshold in tiers:
                 if name not in state["tiers"] and (ev["pass1"] >= threshold):
                     save_policy(engine.module, tokenizer, ckpt / "tiers" / name)
@@ -101,7 +106,9 @@ def main(argv=None) -> None:
                     log.info("tier %s: step %d, val pass@1 %.3f", name, step, ev["pass1"])
             state.update(step=step, compute=compute.to_dict())
             save_checkpoint(engine, ckpt, step, chash, state)
+            tracker.flush()
     bar.close()
+    tracker.close()
     for name, threshold in tiers:  # tiers the budget did not reach come from the final model
         if name not in state["tiers"]:
             log.warning("tier %s (pass@1 >= %.2f) not reached in %d steps; using the final model", name,

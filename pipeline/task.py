@@ -7,6 +7,7 @@ A record is {"id", "problem", "answer", "source", ...}; testbed records also car
 from __future__ import annotations
 
 from .grader import grade
+from .loaders import numeric_tolerance
 from .steps import split_steps
 from .testbed import check_response
 
@@ -29,8 +30,10 @@ def judge(record: dict, response: str, task_cfg: dict) -> dict:
         result.update(check_response(response, record["meta"], delimiter))
         result["outcome"] = int(result["outcome"])
     else:
+        # a benchmark's own numeric tolerance (Minerva Math: 1% relative), exact for the rest
         result["outcome"] = int(grade(response, record["answer"], task_cfg["grader"],
-                                      timeout_s=float(task_cfg["grader_timeout_s"])))
+                                      timeout_s=float(task_cfg["grader_timeout_s"]),
+                                      rel_tol=numeric_tolerance(record.get("source", ""))))
     return result
 
 

@@ -46,7 +46,8 @@ from .rewards import (AGGREGATIONS, HeadRewardModel, ImplicitPRM, LikelihoodVeri
                       scoring_examples)
 from .rewards.losses import balanced_ce_weights, ce_loss, dpo_loss, kto_kl_estimate, kto_loss, nca_loss, step_q_values
 from .scoring import collate, split_responses, token_logprobs
-from .utils import read_json, read_jsonl, seed_everything, stage_parser, start_stage, write_json
+from .tracking import stage_tracker
+from .utils import parse_cfg, read_json, read_jsonl, seed_everything, stage_parser, start_stage, write_json
 
 log = logging.getLogger("pipeline.train_rm")
 
@@ -431,6 +432,18 @@ def build_untrained(args, batch_size: int, t0: float) -> None:
     if is_main():
         write_json(Path(args.out) / "metrics.json", metrics)
         log.info("%s: %s", args.kind, json.dumps({k: v for k, v in metrics.items() if k != "loss_curve"}))
+        track_rm(parse_cfg(args.cfg), args.out, [], metrics)
+
+
+def track_rm(cfg: dict, out: str, losses: list[float], metrics: dict) -> None:
+    """TensorBoard under <out>/tensorboard (rm/<name>/; a side channel, always a fresh run): the
+    per-batch training loss (step = batch, from 1) and the held-out metrics (AUROCs, pass rate)
+    as scalars at the last step."""
+    with stage_tracker(cfg, Path(out) / "tensorboard", run_name=Path(out).name) as tracker:
+        for i, loss in enumerate(losses):
+            tracker.scalar("rm/loss", loss, i + 1)
+        tracker.scalars({k: v for k, v in metrics.items() if "auroc" in k or k in ("pass_rate", "n_heldout")},
+                        len(losses), prefix="heldout")
 
 
 def main(argv=None) -> None:
@@ -522,6 +535,7 @@ def main(argv=None) -> None:
         return
     write_json(Path(args.out) / "metrics.json", metrics)
     log.info("%s: %s", args.kind, json.dumps({k: v for k, v in metrics.items() if k != "loss_curve"}))
+    track_rm(cfg, args.out, losses, metrics)
 
 
 if __name__ == "__main__":

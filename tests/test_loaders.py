@@ -1,6 +1,8 @@
-"""Tests of the dataset loaders on small local files in each real dataset's own format."""
+"""Tests of the dataset loaders on small local files in each real dataset's own format, and in the
+layouts of the copies people distribute (question columns, pandas column JSON, boxed-only answers)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -12,7 +14,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from pipeline.grader import grade  # noqa: E402
-from pipeline.loaders import BENCHMARKS, LOADERS, load_records  # noqa: E402
+from pipeline.loaders import BENCHMARKS, LOADERS, load_records, numeric_tolerance  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 SCHEMA = {"id", "problem", "answer", "source"}
@@ -200,3 +202,139 @@ def test_eurus2_rl_keeps_math_and_strips_the_instruction():
 def test_benchmark_hub_splits_checked_before_download(name, split):
     with pytest.raises(ValueError, match=f"no split '{split}'"):
         load_records(name, split=split)
+
+
+# ---- copies as people distribute them (tests/data/*: a few rows in each layout) ----
+
+def test_math500_question_column_and_answer_is_in_solution(caplog):
+    """A MetaMath-style copy: `question`, and the answer only as "The answer is: X" (or a box)."""
+    with caplog.at_level(logging.WARNING):
+        records = load_records("math500", path=str(DATA / "math500_question_answer_is.jsonl"))
+    _check_schema(records, "math500")
+    assert [r["answer"] for r in records] == [r"\frac{1}{2}", "12"]
+    assert [r["id"] for r in records] == ["math500-test-0", "math500-test-1"]  # no id column: generated
+    assert records[0]["problem"].startswith("What is")
+    assert "skipped 1 row" in caplog.text
+    assert grade(r"\boxed{0.5}", records[0]["answer"], "math")
+
+
+def test_math500_pandas_column_json():
+    """`DataFrame.to_json()` (orient="columns") with `expected_answer` and `id`."""
+    records = load_records("math500", path=str(DATA / "math500_columns.json"))
+    _check_schema(records, "math500")
+    assert [r["id"] for r in records] == ["test/precalculus/807.json", "test/prealgebra/1.json",
+                                          "test/prealgebra/2.json"]
+    assert [r["answer"] for r in records] == [r"\left( 3, \frac{\pi}{2} \right)", r"1,\!234", r"\frac{3}{4}"]
+    # the same rows in the hub's record layout load to the same records
+    hub = load_records("math500", path=str(DATA / "math500_sample.jsonl"))
+    assert records[:2] == hub
+
+
+@pytest.mark.parametrize("orient", ["columns", "records", "list"])
+def test_json_layouts_agree(tmp_path, orient):
+    rows = pd.read_json(DATA / "gsm8k_sample.jsonl", lines=True)
+    path = tmp_path / "gsm8k.json"
+    if orient == "list":
+        path.write_text(json.dumps(rows.to_dict(orient="list")))
+    else:
+        rows.to_json(path, orient=orient)
+    assert load_records("gsm8k", path=str(path)) == load_records("gsm8k", path=str(DATA / "gsm8k_sample.jsonl"))
+
+
+def test_json_of_another_shape_is_refused_by_name(tmp_path):
+    path = tmp_path / "one_row.json"
+    path.write_text(json.dumps({"question": "What is 1+1?", "answer": "#### 2"}))
+    with pytest.raises(ValueError, match="list of records or a dict of columns") as err:
+        load_records("gsm8k", path=str(path))
+    assert str(path) in str(err.value)
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_records("gsm8k", path=str(bad))
+
+
+def test_aime24_copy_with_capitalised_question_columns():
+    """`ID`, `Question`, `Answer` (columns match case-insensitively); no `url`, so every row is kept."""
+    records = load_records("aime24", path=str(DATA / "aime24_question.jsonl"), split="train")
+    _check_schema(records, "aime24")
+    assert [r["id"] for r in records] == ["2024-I-1", "2024-II-4"]
+    assert [r["answer"] for r in records] == ["9", "102"]
+    assert records[0]["problem"].startswith("Find the number")
+
+
+def test_amc_question_column_and_duplicate_ids_made_unique(caplog):
+    """Ids repeated across contests get -2, -3 in row order, with a warning giving the count."""
+    with caplog.at_level(logging.WARNING):
+        records = load_records("amc", path=str(DATA / "amc_question_dup_ids.jsonl"), split="train")
+    _check_schema(records, "amc")
+    assert [r["id"] for r in records] == ["1", "2", "1-2", "2-2", "1-3"]
+    assert [r["answer"] for r in records] == ["142", "-4", "42", "7", "4"]
+    assert "3 row(s) repeat an earlier id" in caplog.text
+    # the answers grade against an AMC option written with its value
+    assert grade(r"\boxed{\textbf{(B) }142}", records[0]["answer"], "math")
+    # limit keeps the same ids: renaming depends only on earlier rows
+    assert [r["id"] for r in load_records("amc", path=str(DATA / "amc_question_dup_ids.jsonl"), limit=3)] == [
+        "1", "2", "1-2"]
+
+
+def test_duplicate_id_suffix_skips_ids_the_file_has(tmp_path):
+    path = tmp_path / "amc.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "problem": f"p{n}", "answer": 1.0}) + "\n"
+                            for n, i in enumerate(["7", "7-2", "7"])))
+    assert [r["id"] for r in load_records("amc", path=str(path))] == ["7", "7-2", "7-3"]
+
+
+def test_minerva_answer_from_the_last_box_of_the_solution(caplog):
+    with caplog.at_level(logging.WARNING):
+        records = load_records("minerva_math", path=str(DATA / "minerva_boxed.jsonl"))
+    _check_schema(records, "minerva_math")
+    assert [r["answer"] for r in records] == ["4.5e33", "-1./3", "np.arcsin(10/13)"]  # kept as the source writes them
+    assert records[0]["problem"].startswith("Compute the luminosity")
+    assert "skipped 1 row" in caplog.text
+    # graded as numbers (not Euler's e, not code), with Minerva's relative tolerance
+    tol = numeric_tolerance("minerva_math")
+    assert grade(r"L = \boxed{4.5 \times 10^{33}}", records[0]["answer"], "math", rel_tol=tol)
+    assert grade(r"\boxed{4.52 \times 10^{33}}", records[0]["answer"], "math", rel_tol=tol)
+    assert not grade(r"\boxed{148.5 e}", records[0]["answer"], "math", rel_tol=tol)
+    assert grade(r"\boxed{-\frac{1}{3}}", records[1]["answer"], "math", rel_tol=tol)
+    assert grade(r"\boxed{0.878}", records[2]["answer"], "math", rel_tol=tol)
+
+
+def test_numeric_tolerance_per_benchmark():
+    assert numeric_tolerance("minerva_math") == 0.01
+    assert all(numeric_tolerance(name) == 0.0 for name in LOADERS if name != "minerva_math")
+    assert numeric_tolerance("arith") == 0.0  # the testbed and unknown sources: exact
+
+
+def test_missing_column_lists_alternatives_and_aliases(tmp_path):
+    path = tmp_path / "minerva.jsonl"
+    path.write_text(json.dumps({"problem": "x?", "notes": "no answer here"}) + "\n")
+    with pytest.raises(ValueError) as err:
+        load_records("minerva_math", path=str(path))
+    message = str(err.value)
+    assert str(path) in message and "'answer' or 'solution'" in message
+    assert "found columns: ['notes', 'problem']" in message  # the file's own names
+    path.write_text(json.dumps({"text": "x?", "answer": "1"}) + "\n")
+    with pytest.raises(ValueError, match="'question'.*question <- problem"):
+        load_records("minerva_math", path=str(path))
+
+
+def test_wrong_value_types_name_file_row_and_column(tmp_path):
+    """A column of dicts (what a column-layout JSON looks like to a records reader) used to be
+    a bare TypeError inside the answer extractor."""
+    path = tmp_path / "math.jsonl"
+    path.write_text(json.dumps({"problem": "What is 1+1?", "solution": {"0": r"\boxed{2}"}}) + "\n")
+    with pytest.raises(ValueError) as err:
+        load_records("math", path=str(path))
+    message = str(err.value)
+    assert f"{path}, row 0" in message and "'solution': 'dict'" in message
+    path.write_text(json.dumps({"problem": {"0": "What is 1+1?"}, "solution": r"\boxed{2}"}) + "\n")
+    with pytest.raises(ValueError, match=r"row 0.*column 'problem' holds a dict"):
+        load_records("math", path=str(path))
+
+
+def test_olympiadbench_answer_as_one_string(tmp_path):
+    path = tmp_path / "olympiadbench.jsonl"
+    path.write_text(json.dumps({"id": 7, "question": "Find x.", "answer": "$\\frac{1}{2}$"}) + "\n")
+    records = load_records("olympiadbench", path=str(path))
+    assert [(r["id"], r["answer"]) for r in records] == [("7", r"\frac{1}{2}")]

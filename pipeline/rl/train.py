@@ -31,6 +31,7 @@ from ..registry import RL_METHODS, rl_reward_model
 from ..sampler import HFSampler, VLLMSampler, make_sampler
 from ..scoring import collate, join_responses, split_responses, token_logprobs
 from ..task import format_prompt, judge
+from ..tracking import stage_tracker
 from ..utils import read_json, read_records, seed_everything, stage_parser, start_stage, write_json, write_jsonl
 from .base import Context, Rollouts, load_method, mean_or_none
 from .losses import kl_penalty, whiten
@@ -108,9 +109,14 @@ def main(argv=None) -> None:
                               max_new_tokens=int(samp["max_new_tokens"]), seed=seed + 7 * it)
         return res["pass1"]  # validation compute is not training compute: not added
 
-    if state["iteration"] == 0 and not state["metrics"]:
+    fresh = state["iteration"] == 0 and not state["metrics"]
+    # TensorBoard (a side channel: the metrics.jsonl rows, step = iteration) under the run folder
+    tracker = stage_tracker(cfg, Path(args.out) / "tensorboard", is_main(), None if fresh else state["iteration"] + 1,
+                            f"rl/{algo}/s{args.seed}")
+    if fresh:
         state["metrics"].append({"iteration": 0, "val_pass1": validate(0), "samples": 0, "flops": 0.0,
                                  "wall_s": 0.0})
+        tracker.scalars(state["metrics"][0], 0, prefix="rl", skip=("iteration",))
     for it in tqdm(range(state["iteration"], iters), desc=f"rl {algo} s{args.seed}", initial=state["iteration"],
                    total=iters, mininterval=5, disable=not is_main()):
         t_it = time.time()
@@ -192,10 +198,13 @@ def main(argv=None) -> None:
             row["val_pass1"] = validate(it + 1)
         row["wall_s"] = time.time() - t_start
         state["metrics"].append(row)
+        tracker.scalars(row, it + 1, prefix="rl", skip=("iteration",))
         log.info("it %d reward %.3f loss %s val %s", it + 1, row["reward_mean"], row["loss"], row.get("val_pass1"))
         if (it + 1) % int(rl["checkpoint_every"]) == 0 and it + 1 < iters:
             state.update(iteration=it + 1, compute=compute.to_dict(), wall_s=row["wall_s"])
             save_checkpoint(engine, ckpt, it + 1, chash, state, method.extra_engines)
+            tracker.flush()
+    tracker.close()
 
     out = Path(args.out)
     base_meta_path = Path(args.policy) / "policy_meta.json"

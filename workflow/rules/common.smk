@@ -43,6 +43,15 @@ def cfg_json(*keys, **sections):
     return shlex.quote(json_no_wildcards(cfg))
 
 
+def tracking_view():
+    """The `tracking` section for the training stages (SFT, RL, reward models), passed only when
+    it differs from the schema's defaults: the default (TensorBoard on) is what a stage does
+    without it, so existing results do not rerun for a section they never read."""
+    from pipeline.tracking import tracking_flags
+
+    return {} if config["tracking"] == tracking_flags({}) else {"tracking": config["tracking"]}
+
+
 def json_no_wildcards(obj):
     """JSON whose string values carry no literal braces ("\\u007b" instead), so Snakemake never
     reads a value such as a prompt template's "{problem}" as a wildcard in a params string."""

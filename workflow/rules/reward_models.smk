@@ -35,7 +35,7 @@ rule train_rm:
     wildcard_constraints:
         rm="|".join(RM_SPECS),
     params:
-        cfg=cfg_json("rm", "seed"),
+        cfg=cfg_json("rm", "seed", **tracking_view()),
         kind=lambda wc: RM_SPECS[wc.rm][0],
         label=lambda wc: RM_SPECS[wc.rm][1],
         loss=lambda wc: RM_SPECS[wc.rm][2],

@@ -15,7 +15,7 @@ def rl_cfg(algo, rl=None):
     """The RL stage's config: the algorithm's rl view (or `rl`, an ablation cell's variant of
     it), the base policy's task view and RL's sampling view."""
     return cfg_json("seed", task=task_for(config["rl"]["base_policy"]), sampling=rl_sampling(),
-                    rl=rl_view(algo) if rl is None else rl)
+                    rl=rl_view(algo) if rl is None else rl, **tracking_view())
 
 
 def rl_rm_input(wc):

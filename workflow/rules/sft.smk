@@ -10,7 +10,7 @@ rule sft:
         tiers=[directory(f"{OUT}/models/sft/{t}") for t in TIERS],
         metrics=f"{OUT}/models/sft/sft_metrics.json",
     params:
-        cfg=cfg_json("sft", "model", "task", "sampling", "seed"),
+        cfg=cfg_json("sft", "model", "task", "sampling", "seed", **tracking_view()),
         out=f"{OUT}/models/sft",
         ckpt=f"{OUT}/checkpoints/sft",
     log:
