@@ -26,10 +26,11 @@ class ModelFolderError(ValueError):
     """A model folder that is missing, incomplete or unreadable; the message names it and what is wrong."""
 
 
-def check_model_dir(path, tokenizer: bool = True, weights: bool = True) -> None:
+def check_model_dir(path, tokenizer: bool = True, weights: bool = True, config: bool = True) -> None:
     """Before any loading: a local model folder holds a config, a tokenizer (if `tokenizer`) and
     readable weights (if `weights`: every safetensors file's header and extent are checked, so a
-    truncated or garbage file is named here, not in a bare SafetensorError). A hub id that is
+    truncated or garbage file is named here, not in a bare SafetensorError); `config: False` for a
+    folder that only has to hold a tokenizer. A hub id that is
     not a local folder passes (from_pretrained resolves it); any other missing path is an error."""
     p = Path(path)
     if not p.is_dir():
@@ -39,7 +40,7 @@ def check_model_dir(path, tokenizer: bool = True, weights: bool = True) -> None:
             return
         raise ModelFolderError(f"{path}: no such model folder (nor a hub id of the form org/name)")
     missing = []
-    if not (p / "config.json").is_file():
+    if config and not (p / "config.json").is_file():
         missing.append("config.json")
     if tokenizer and not any((p / f).is_file() for f in TOKENIZER_FILES):
         missing.append("a tokenizer (" + " / ".join(TOKENIZER_FILES) + ")")

@@ -100,7 +100,7 @@ def main(argv=None) -> None:
 
         from .modeling import check_model_dir
 
-        check_model_dir(path, weights=False)
+        check_model_dir(path, weights=False, config=False)  # a tokenizer folder
         retokenize[name] = not same_vocabulary(AutoTokenizer.from_pretrained(path, trust_remote_code=False),
                                                rm.tokenizer)
         if retokenize[name]:

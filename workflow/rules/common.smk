@@ -20,8 +20,9 @@ except ConfigError as err:
 
 onstart:
     # before the first job, not after SFT: the engine the sampling jobs need imports here. (A dry
-    # run plans without it, so presets can be checked on a machine without the GPU extra.)
-    if config["sampling"]["backend"] != "hf":
+    # run plans without it, so presets can be checked on a machine without the GPU extra; with a
+    # cluster executor the jobs run elsewhere, where a login node's import says nothing.)
+    if config["sampling"]["backend"] != "hf" and workflow.local_exec:
         problem = backend_import_problem(config["sampling"]["backend"])
         if problem:
             sys.stderr.write(f"\n{problem}\n\n")
