@@ -504,9 +504,7 @@ def main(argv=None) -> None:
         losses, train_compute = train_implicit(rm, examples, rmc, args.loss, seed, step_coef)
         # trained against the reference either way; rm.implicit_score_reference decides whether
         # every scorer (held-out metrics here, score_pool, search) reads the ratio or log pi_phi
-        rm.meta["score_with_reference"] = bool(rmc["implicit_score_reference"])
-        if not rm.meta["score_with_reference"]:
-            rm.ref_model = None
+        rm.score_with_reference(rmc["implicit_score_reference"])
         weights = None
         n_params = count_params(rm.model)
     else:

@@ -44,6 +44,13 @@ class ImplicitPRM(RewardModel):
         ref = AutoModelForCausalLM.from_pretrained(policy_path, trust_remote_code=False).eval().requires_grad_(False)
         return cls(model, ref, tokenizer, {**meta, "ref_policy": policy_path})
 
+    def score_with_reference(self, with_reference: bool) -> None:
+        """Record how this model scores (saved as `score_with_reference`, which `load` follows);
+        without the reference the reference model is dropped, so scoring runs pi_phi alone."""
+        self.meta["score_with_reference"] = bool(with_reference)
+        if not with_reference:
+            self.ref_model = None
+
     @classmethod
     def load(cls, path: str | Path, use_ref: bool | None = None) -> "ImplicitPRM":
         """`use_ref`: None follows the model's saved `score_with_reference` (true if absent)."""

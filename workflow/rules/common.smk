@@ -44,13 +44,16 @@ def cfg_json(*keys, **sections):
     return shlex.quote(json_no_wildcards(cfg))
 
 
-def tracking_view():
-    """The `tracking` section for the training stages (SFT, RL, reward models), passed only when
-    it differs from the schema's defaults: the default (TensorBoard on) is what a stage does
-    without it, so existing results do not rerun for a section they never read."""
-    from pipeline.tracking import tracking_flags
+from pipeline.tracking import tracking_flags
 
-    return {} if config["tracking"] == tracking_flags({}) else {"tracking": config["tracking"]}
+# the `tracking` section for the training stages (SFT, RL, reward models), passed only when it
+# differs from the schema's defaults: the default (TensorBoard on) is what a stage does without
+# it, so existing results do not rerun for a section they never read
+TRACKING_VIEW = {} if config["tracking"] == tracking_flags({}) else {"tracking": config["tracking"]}
+
+
+def tracking_view():
+    return TRACKING_VIEW
 
 
 def json_no_wildcards(obj):
