@@ -229,6 +229,26 @@ def subsample_rows(rows: list[dict], responses_per_instruction: int | None = Non
     return select_seeds(rows, n_keep, responses_per_instruction or len(rows), seed)
 
 
+def balance_rows(rows: list[dict], seed: int = 0) -> list[dict]:
+    """`rm.head_balance: instruction` for the scalar-head kinds: per instruction keep every
+    rollout of the minority outcome and a seeded random subset of the same size of the majority,
+    the Implicit PRM paper's instruction-wise balancing by filtering (as `balanced_ce_weights`
+    expresses it for CE); an instruction with one outcome drops out. Within every kept prompt
+    right and wrong answers weigh the same, so the head gains nothing from how hard a prompt is
+    and must learn what tells one prompt's samples apart, the ranking best-of-N needs. Row order
+    is kept."""
+    by_id: dict = {}
+    for i, r in enumerate(rows):
+        by_id.setdefault(r["id"], ([], []))[1 if float(r["outcome"]) >= 0.5 else 0].append(i)
+    keep: set[int] = set()
+    for key, (wrong, right) in by_id.items():
+        m = min(len(wrong), len(right))
+        rng = random.Random(f"{seed}:{key}")
+        for group in (wrong, right):
+            keep.update(group if len(group) == m else rng.sample(group, m))
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
 def dedup_rows(rows: list[dict]) -> list[dict]:
     """Drop a response identical (same token ids) to an earlier one of the same instruction."""
     seen, out = set(), []
@@ -508,6 +528,9 @@ def main(argv=None) -> None:
         weights = None
         n_params = count_params(rm.model)
     else:
+        if rmc["head_balance"] == "instruction":
+            rows = balance_rows(rows, seed)
+            ablation.update(head_balance="instruction", n_rows_balanced=len(rows))
         rm = HeadRewardModel.init_from_policy(args.policy, args.kind, meta, dropout=float(rmc["head_dropout"]))
         examples = build_examples(rows, rm.tokenizer, args.kind, args.prm_label)
         weights = class_balance_weights([t for e in examples for t in e["targets"]]) if args.kind == "pav" else None

@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,7 +18,7 @@ import yaml
 from pipeline.ablation_table import bon_columns, cell_labels, grid_frame, label_agreement, plot_grid, rl_row, rm_row
 from pipeline.config import REPO, ConfigError, ablation_grid, is_default_cell, load_preset, merge_configs, validate_config
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama, save_policy
-from pipeline.train_rm import (attach_step_labels, dedup_rows, implicit_examples, step_label_loss, subsample_rows,
+from pipeline.train_rm import (attach_step_labels, balance_rows, dedup_rows, implicit_examples, step_label_loss, subsample_rows,
                                train_implicit)
 from conftest import MODEL_SECTION, SMOKE, TRAINER, snakemake
 
@@ -106,6 +107,22 @@ def test_dedup_rows_keeps_the_first_of_identical_responses_per_instruction():
     rows = [{"id": "a", "response_ids": [1, 2]}, {"id": "a", "response_ids": [1, 2]}, {"id": "b", "response_ids": [1, 2]},
             {"id": "a", "response_ids": [3]}]
     assert dedup_rows(rows) == [rows[0], rows[2], rows[3]]
+
+
+def test_balance_rows_keeps_the_minority_and_as_many_of_the_majority_per_instruction():
+    rows = ([{"id": "a", "outcome": 1, "k": i} for i in range(3)] + [{"id": "a", "outcome": 0, "k": 3}]
+            + [{"id": "b", "outcome": 1, "k": 4}, {"id": "b", "outcome": 1, "k": 5}]   # one outcome: dropped
+            + [{"id": "c", "outcome": 0, "k": 6}, {"id": "c", "outcome": 1, "k": 7}])
+    kept = balance_rows(rows, seed=0)
+    ks = [r["k"] for r in kept]
+    assert ks == sorted(ks)                                   # order kept
+    a = [r for r in kept if r["id"] == "a"]
+    assert len(a) == 2 and sorted(r["outcome"] for r in a) == [0, 1] and a[-1]["k"] == 3
+    assert not [r for r in kept if r["id"] == "b"]
+    assert [r["k"] for r in kept if r["id"] == "c"] == [6, 7]
+    assert balance_rows(rows, seed=0) == kept                 # seeded
+    draws = {tuple(r["k"] for r in balance_rows(rows, seed=s) if r["id"] == "a") for s in range(20)}
+    assert len(draws) > 1                                     # the majority's subset is a random draw
 
 
 def test_step_label_loss_by_hand():
@@ -315,10 +332,11 @@ def test_every_smoke_grid_plans(tmp_path):
 # ---- one grid for real ---------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_smoke_implicit_grid_builds_end_to_end(tmp_path):
-    # its own workdir: only what the grid needs (data, SFT, two rollouts jobs, three implicit PRMs),
-    # not the whole smoke DAG; about two minutes on two cores
-    smoke_dir = tmp_path
+def test_smoke_implicit_grid_builds_end_to_end(smoke_dir, tmp_path):
+    # a copy of the session's smoke run (file times and Snakemake's metadata kept, so nothing of it
+    # reruns): the grid adds only its own cells, their pool scores and the table, where a fresh
+    # folder would redo data, SFT, rollouts and pools
+    smoke_dir = Path(shutil.copytree(smoke_dir, tmp_path / "run", symlinks=True))
     snakemake(smoke_dir, "-c2", "results/ablations/implicit_prm.csv", "--configfile", str(SMOKE))
     res = smoke_dir / "results"
     df = pd.read_csv(res / "ablations" / "implicit_prm.csv")
