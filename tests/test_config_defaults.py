@@ -19,6 +19,7 @@ NO_DEFAULT = {
     "prompt_templates": "each policy samples in task.prompt_template",
     "model.num_kv_heads": "multi-head attention (one KV head per head)",
     "sampling.tensor_parallel_size": "vLLM over the job's GPUs (1 without)",
+    "sampling.vllm_kv_cache_gib": "vLLM's own rule (a share of GPU memory; on the CPU build nearly all free RAM)",
     "sft.micro_batch_size": "a rank's whole share in one forward",
     "rm.micro_batch_size": "a rank's whole share in one forward",
     "rl.micro_batch_size": "a rank's whole share in one forward",

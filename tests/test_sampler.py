@@ -521,8 +521,11 @@ def test_make_sampler_vllm_counts_params_with_v1_engine(fake_vllm, tok, tmp_path
     fake_vllm.LLM = _FakeV1LLM
     m = build_tiny_llama(tok, TINY, seed=0)
     save_policy(m, tok, tmp_path / "policy")
-    s = make_sampler({"backend": "vllm", "gpu_memory_utilization": 0.85}, model_path=str(tmp_path / "policy"))
+    s = make_sampler({"backend": "vllm", "gpu_memory_utilization": 0.85, "vllm_dtype": "float32",
+                      "vllm_enforce_eager": True, "vllm_kv_cache_gib": 0.5}, model_path=str(tmp_path / "policy"))
     assert s.n_params == count_params(m)   # e.g. read from the checkpoint vLLM loaded
+    kw = _FakeLLM.instances[-1].init_kwargs  # the config keys reach the engine
+    assert (kw["dtype"], kw["enforce_eager"], kw["kv_cache_memory_bytes"]) == ("float32", True, 2**29)
 
 
 # --------------------------------------------------------------------------- vLLM weight sync
@@ -536,7 +539,8 @@ def test_make_sampler_vllm_counts_params_with_v1_engine(fake_vllm, tok, tmp_path
 class _FakeVLLMModel(torch.nn.Module):
     def __init__(self, hf_model):
         super().__init__()
-        self.params = {n: torch.zeros_like(p) for n, p in hf_model.named_parameters()}
+        # every name, tied ones included (real vLLM skips or ties `lm_head.weight` itself)
+        self.params = {n: torch.zeros_like(p) for n, p in hf_model.named_parameters(remove_duplicate=False)}
         self.lazy = []  # whether each (name, tensor) arrived through an iterator (not a list)
 
     def load_weights(self, weights):
@@ -579,7 +583,10 @@ def test_vllm_sync_weights_in_process_loads_every_parameter_lazily(tok):
     fake = _FakeVLLMModel(policy)
     s = _sampler_over(_FakeEngineLLM(fake))
     n = s.sync_weights(policy)
-    named = dict(policy.named_parameters())
+    named = dict(policy.named_parameters(remove_duplicate=False))
+    # a tied output layer is sent under its own name too: vLLM's in-place reload repacks a layer
+    # only once its weights have come
+    assert "lm_head.weight" in named and "lm_head.weight" not in dict(policy.named_parameters())
     assert n == len(named)
     assert all(torch.equal(fake.params[k], v) for k, v in named.items())
     assert fake.lazy == [True]  # streamed: under ZeRO-3 one parameter is gathered at a time
@@ -601,6 +608,47 @@ def test_vllm_sync_weights_to_workers_in_other_processes(tok):
     assert len(s.llm.rpc) == 1 and fake.lazy == [False]
     assert all(t.device.type == "cpu" for _, t in s.llm.rpc[0].weights)
     assert all(torch.equal(fake.params[k], v) for k, v in policy.named_parameters())
+
+
+class _FakeReloadingWorker:
+    """vLLM's worker with in-place reload (`reload_weights(weights_iterator=...)`): it restores
+    each layer's checkpoint-format parameters, loads, and repacks; here it records the call and
+    loads by name."""
+
+    def __init__(self, model):
+        self.model_runner = SimpleNamespace(model=model)
+        self.reloads = 0
+
+    def reload_weights(self, weights_iterator=None):
+        self.reloads += 1
+        self.model_runner.model.load_weights(weights=weights_iterator)
+
+
+def test_vllm_sync_weights_reloads_in_place_where_vllm_can(tok, monkeypatch):
+    # the CPU build repacks every linear weight after loading, so only reload_weights is right there
+    import pipeline.sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "vllm_has_reload", lambda: True)
+    policy = build_tiny_llama(tok, TINY, seed=5)
+    fake = _FakeVLLMModel(policy)
+    llm = _FakeEngineLLM(fake)
+    worker = _FakeReloadingWorker(fake)
+    llm.llm_engine.model_executor.driver_worker.worker = worker
+    s = _sampler_over(llm)
+    assert s.sync_weights(policy) == len(dict(policy.named_parameters(remove_duplicate=False)))
+    assert worker.reloads == 1 and fake.lazy == [True]
+    assert all(torch.equal(fake.params[k], v) for k, v in policy.named_parameters())
+    # workers in other processes: the same reload through collective_rpc, with CPU tensors
+    calls = []
+    remote = _FakeEngineLLM(fake, in_process=False)
+    remote.collective_rpc = lambda method, kwargs: calls.append((method, kwargs))
+    _sampler_over(remote, tp=2).sync_weights(policy)
+    assert [c[0] for c in calls] == ["reload_weights"] and remote.rpc == []
+    assert [n for n, _ in calls[0][1]["weights_iterator"]] == list(dict(policy.named_parameters(remove_duplicate=False)))
+    # without in-place reload (older vLLM) the model's load_weights is called directly
+    monkeypatch.setattr(sampler_module, "vllm_has_reload", lambda: False)
+    s.sync_weights(policy)
+    assert worker.reloads == 1 and fake.lazy == [True, True]
 
 
 def test_vllm_driver_model_paths():
