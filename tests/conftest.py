@@ -1,10 +1,16 @@
-"""Shared fixtures. The smoke DAG is built once per test session (it takes about two
-minutes) and reused by every workflow test that only reads its outputs."""
+"""Shared fixtures. The smoke DAG is built once per test session (about three minutes) and
+reused by every workflow test that only reads its outputs. It is built the hard way: the
+documented command is SIGKILLed three times (during SFT after its first checkpoint, during an RL
+job after its first checkpoint, inside the table 2 job) and recovered each time with
+`snakemake --unlock` and the same command, so every test of the outputs is also a test of the
+recovery; tests/test_kill_resume.py reruns the killed jobs uninterrupted and compares."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -35,15 +41,45 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1800
     return proc
 
 
-def run_smoke(workdir: Path) -> Path:
+# where the session's smoke run is killed (paths under its folder, glob allowed), in order
+KILL_MARKERS = ("results/checkpoints/sft/latest.json", "results/checkpoints/rl/*/s0/latest.json",
+                "results/logs/table2.log")
+
+
+def run_until(workdir: Path, cmd: list[str], marker: str, timeout: float = 900) -> bool:
+    """Start `cmd` in `workdir`; SIGKILL its whole process group (Snakemake and every job) as soon
+    as `marker` exists. False if the command finished first."""
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < timeout:
+        if any(workdir.glob(marker)):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"no {marker} within {timeout} s")
+    return False
+
+
+def run_smoke(workdir: Path, kill_at: tuple[str, ...] = ()) -> Path:
+    """The smoke DAG in `workdir`; killed at each of `kill_at` in turn and recovered the documented
+    way (`snakemake --unlock`, then the same command)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    snakemake(workdir, "-c2", *SMOKE_TARGETS, "--configfile", str(SMOKE))
+    args = ["-c2", *SMOKE_TARGETS, "--configfile", str(SMOKE)]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *args]
+    for marker in kill_at:
+        assert run_until(workdir, cmd, marker), f"the smoke run finished before {marker}"
+        snakemake(workdir, "--unlock")
+    snakemake(workdir, *args)
     return workdir
 
 
 @pytest.fixture(scope="session")
 def smoke_dir(tmp_path_factory) -> Path:
-    return run_smoke(tmp_path_factory.mktemp("smoke_a"))
+    return run_smoke(tmp_path_factory.mktemp("smoke_a"), kill_at=KILL_MARKERS)
 
 
 def scaled_tiny_llama(tok, model_cfg: dict, seed: int = 0, scale: float = 0.3):

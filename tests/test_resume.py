@@ -1,8 +1,12 @@
 """Kill the RL stage midway, rerun it, and check it resumes from its checkpoint and ends
-exactly where an uninterrupted run ends (same metrics, same weights)."""
+exactly where an uninterrupted run ends (same metrics, same weights). RLOO is killed as a real
+process; the other methods stop in this process right after a checkpoint (the stage's main()
+called directly: the same code, without three interpreter start-ups per test)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -39,17 +43,69 @@ def metrics(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
-@pytest.mark.parametrize("algo, iters, kill_at", [("rloo", 8, 4), ("prime", 4, 2), ("prime_frozen", 4, 2),
-                                                  ("pav", 4, 2), ("vineppo", 4, 2), ("jepo", 4, 2), ("grpo", 4, 2),
-                                                  ("ppo", 4, 2)])
-def test_rl_resumes_after_kill_and_matches_uninterrupted_run(smoke_dir, tmp_path, algo, iters, kill_at):
-    """Every method: SIGKILL after a checkpoint, rerun, and the result equals an uninterrupted
-    run's (PRIME also restores its online PRM and its optimizer from the same checkpoint)."""
+def rl_config(algo: str, iters: int) -> dict:
     cfg = load_preset(SMOKE)
     cfg["rl"].update(iterations=iters, checkpoint_every=2 if algo == "rloo" else 1, eval_every=4)
     if algo != "rloo":
         cfg["rl"].update(prompts_per_iter=8, vineppo={"k": 2})
+    return cfg
 
+
+class CrashAfterCheckpoint(Exception):
+    """Raised right after a checkpoint is on disk: the state a kill at that moment leaves."""
+
+
+@contextlib.contextmanager
+def stage_process_state():
+    """Run a stage's main() inside pytest without leaking what it sets for its own process:
+    torch's thread count and the root logger's handlers (it logs to its --log file)."""
+    threads, root = torch.get_num_threads(), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        for h in root.handlers:
+            if h not in handlers:
+                h.close()
+        root.handlers[:], root.level = handlers, level
+        torch.set_num_threads(threads)
+
+
+def run_rl_in_process(cmd: list[str], log: Path, monkeypatch=None, crash_at: int | None = None) -> str:
+    """The RL stage's main() on `cmd`'s arguments in this process (no interpreter start-up and
+    imports per run); with `crash_at`, it stops with CrashAfterCheckpoint once the checkpoint
+    of that iteration is saved. Returns the run's log."""
+    from pipeline.rl import train
+
+    if crash_at is not None:
+        save = train.save_checkpoint
+
+        def save_then_crash(engine, ckpt, step, *args, **kw):
+            save(engine, ckpt, step, *args, **kw)
+            if step >= crash_at:
+                raise CrashAfterCheckpoint(step)
+
+        monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    assert cmd[1:3] == ["-m", "pipeline.rl"]
+    with stage_process_state():
+        try:
+            train.main([*cmd[3:], "--log", str(log)])
+        finally:
+            if crash_at is not None:
+                monkeypatch.setattr(train, "save_checkpoint", save)
+    return log.read_text()
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_rl_resumes_after_sigkill_and_matches_uninterrupted_run(smoke_dir, tmp_path):
+    """RLOO as a real process: SIGKILL after a checkpoint, rerun, and the result equals an
+    uninterrupted run's; the killed run left no partial output."""
+    algo, iters, kill_at = "rloo", 8, 4
+    cfg = rl_config(algo, iters)
     # the uninterrupted reference runs beside the one that gets killed (one thread each)
     full_out = tmp_path / "full"
     err = tmp_path / "full.err"  # a file, not a pipe: a full pipe would stall the run
@@ -70,17 +126,36 @@ def test_rl_resumes_after_kill_and_matches_uninterrupted_run(smoke_dir, tmp_path
     killed_at = json.loads(latest.read_text())["step"]
     assert kill_at <= killed_at < iters
     assert not (out / "policy").exists() and not (out / "metrics.jsonl").exists()  # no partial outputs
-    if algo == "prime":  # the online PRM is checkpointed at the same tag as the policy
-        assert (ckpt / "prm" / f"step{killed_at:07d}").is_dir()
     assert full.wait() == 0, err.read_text()[-3000:]
 
     resumed = subprocess.run(rl_cmd(cfg, smoke_dir, out, ckpt, algo), check=True, capture_output=True, text=True)
     assert f"resumed from {ckpt}/step{killed_at:07d}" in resumed.stderr
     assert metrics(out) == metrics(full_out)
-    a = load_file(out / "policy" / "model.safetensors")
-    b = load_file(full_out / "policy" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(out / "policy", full_out / "policy")
     assert not ckpt.exists()  # resume state removed once the run has finished
+
+
+@pytest.mark.parametrize("algo", ["prime", "prime_frozen", "pav", "vineppo", "jepo", "grpo", "ppo"])
+def test_rl_resumes_after_a_crash_and_matches_uninterrupted_run(smoke_dir, tmp_path, monkeypatch, algo):
+    """Every other method, in this process: a run stopped right after its iteration-2 checkpoint,
+    then rerun, equals an uninterrupted run (PRIME also restores its online PRM and its
+    optimizer, PPO its value network, from the same checkpoint). What a real SIGKILL leaves on
+    disk is the RLOO test's and the smoke run's (tests/test_kill_resume.py)."""
+    iters, crash_at = 4, 2
+    cfg = rl_config(algo, iters)
+    full_out, out, ckpt = tmp_path / "full", tmp_path / "crashed", tmp_path / "ck"
+    run_rl_in_process(rl_cmd(cfg, smoke_dir, full_out, tmp_path / "ck_full", algo), tmp_path / "full.log")
+    with pytest.raises(CrashAfterCheckpoint):
+        run_rl_in_process(rl_cmd(cfg, smoke_dir, out, ckpt, algo), tmp_path / "crashed.log", monkeypatch, crash_at)
+    assert json.loads((ckpt / "latest.json").read_text())["step"] == crash_at
+    assert not (out / "policy").exists() and not (out / "metrics.jsonl").exists()
+    if algo == "prime":  # the online PRM is checkpointed at the same tag as the policy
+        assert (ckpt / "prm" / f"step{crash_at:07d}").is_dir()
+    log = run_rl_in_process(rl_cmd(cfg, smoke_dir, out, ckpt, algo), tmp_path / "resumed.log")
+    assert f"resumed from {ckpt}/step{crash_at:07d}" in log
+    assert metrics(out) == metrics(full_out)
+    assert same_weights(out / "policy", full_out / "policy")
+    assert not ckpt.exists()
 
 
 def test_changed_config_does_not_resume_stale_checkpoint(smoke_dir, tmp_path):
@@ -89,15 +164,15 @@ def test_changed_config_does_not_resume_stale_checkpoint(smoke_dir, tmp_path):
     ckpt = tmp_path / "ck"
     ckpt.mkdir()
     (ckpt / "latest.json").write_text(json.dumps({"tag": "step0000001", "step": 1, "config_hash": "other"}))
-    run = subprocess.run(rl_cmd(cfg, smoke_dir, tmp_path / "out", ckpt), check=True, capture_output=True, text=True)
-    assert "ignoring checkpoint" in run.stderr and "resumed from" not in run.stderr
+    log = run_rl_in_process(rl_cmd(cfg, smoke_dir, tmp_path / "out", ckpt), tmp_path / "rl.log")
+    assert "ignoring checkpoint" in log and "resumed from" not in log
     assert len(metrics(tmp_path / "out")) == 3
 
 
 def test_rl_with_kl_penalty_logs_a_finite_nonnegative_kl(smoke_dir, tmp_path):
     cfg = load_preset(SMOKE)
     cfg["rl"].update(iterations=2, checkpoint_every=5, eval_every=2, kl_coef=0.05, ppo_epochs=2)
-    subprocess.run(rl_cmd(cfg, smoke_dir, tmp_path / "out", tmp_path / "ck"), check=True, capture_output=True)
+    run_rl_in_process(rl_cmd(cfg, smoke_dir, tmp_path / "out", tmp_path / "ck"), tmp_path / "rl.log")
     rows = metrics(tmp_path / "out")
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
@@ -153,9 +228,7 @@ def test_vineppo_runs_in_the_rl_loop_and_counts_auxiliary_samples(smoke_dir, tmp
     cfg = load_preset(SMOKE)
     cfg["rl"].update(iterations=2, checkpoint_every=5, eval_every=2, prompts_per_iter=4, samples_per_prompt=2,
                      vineppo={"k": 2})
-    cmd = rl_cmd(cfg, smoke_dir, tmp_path / "out", tmp_path / "ck")
-    cmd[cmd.index("rloo")] = "vineppo"
-    subprocess.run(cmd, check=True, capture_output=True)
+    run_rl_in_process(rl_cmd(cfg, smoke_dir, tmp_path / "out", tmp_path / "ck", "vineppo"), tmp_path / "rl.log")
     rows = metrics(tmp_path / "out")
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
