@@ -3,7 +3,8 @@ over ranks and micro batches, the optimizer step is the one-forward batch's step
 
 The two-rank tests launch the real stages under `torch.distributed.run` (2 CPU processes,
 gloo; the same launcher common.smk uses for multi-GPU jobs) and compare them with a plain
-one-process run of the same config."""
+one-process run of the same config (called in the test's own process: the same stage code,
+without an interpreter start-up)."""
 from __future__ import annotations
 
 import json
@@ -20,7 +21,7 @@ from pipeline.config import load_preset
 from pipeline.engine import accumulation_steps, build_engine, train_batch
 from pipeline.modeling import build_char_tokenizer
 from pipeline.sft import sft_loss
-from conftest import MODEL_SECTION, SMOKE, TRAINER, scaled_tiny_llama
+from conftest import MODEL_SECTION, SMOKE, TRAINER, run_stage_in_process, scaled_tiny_llama
 
 MODEL = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 64}
 
@@ -112,15 +113,20 @@ def test_too_many_items_for_the_engine_is_an_error():
 
 # ---- two ranks under torchrun, against one process ----
 
-def _launch(module: str, args: list[str], nproc: int) -> subprocess.CompletedProcess:
-    pre = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 \
-        else [sys.executable]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([*pre, "-m", module, *args, "--threads", "1"], capture_output=True, text=True, env=env,
-                          timeout=900)
-    assert proc.returncode == 0, f"{module} x{nproc} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    assert f"engine: {nproc} rank(s)" in proc.stderr  # DeepSpeed really ran data parallel over nproc ranks
-    return proc
+def _launch(module: str, args: list[str], nproc: int, log: Path) -> str:
+    """The stage on `nproc` ranks under torchrun, or (nproc 1, the reference) as a plain call of
+    its main() in this process. Returns the log."""
+    if nproc == 1:
+        text = run_stage_in_process(module, [*args, "--threads", "1"], log)
+    else:
+        pre = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.run([*pre, "-m", module, *args, "--threads", "1"], capture_output=True, text=True, env=env,
+                              timeout=900)
+        assert proc.returncode == 0, f"{module} x{nproc} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        text = proc.stderr
+    assert f"engine: {nproc} rank(s)" in text  # DeepSpeed really ran data parallel over nproc ranks
+    return text
 
 
 def _weights(path: Path) -> dict:
@@ -155,7 +161,7 @@ def test_rl_on_two_ranks_matches_one_process(smoke_dir, tmp_path, algo):
         _launch("pipeline.rl", ["--cfg", json.dumps(c), "--algo", algo,
                                 "--policy", str(smoke_dir / "results/models/sft/medium"),
                                 "--data", str(smoke_dir / "results/data"), "--out", str(out),
-                                "--ckpt", str(tmp_path / f"ck_{name}")], nproc)
+                                "--ckpt", str(tmp_path / f"ck_{name}")], nproc, tmp_path / f"{name}.log")
         runs[name] = _rl_metrics(out)
         assert not (tmp_path / f"ck_{name}").exists()
     one, two = runs["one"][1], runs["two"][1]
@@ -185,7 +191,7 @@ def test_sft_on_two_ranks_matches_one_process(smoke_dir, tmp_path):
         out = tmp_path / name
         _launch("pipeline.sft", ["--cfg", json.dumps(c), "--train", str(smoke_dir / "results/data/train.jsonl"),
                                  "--val", str(smoke_dir / "results/data/val.jsonl"), "--out", str(out),
-                                 "--ckpt", str(tmp_path / f"ck_{name}")], nproc)
+                                 "--ckpt", str(tmp_path / f"ck_{name}")], nproc, tmp_path / f"{name}.log")
         curves[name] = json.loads((out / "sft_metrics.json").read_text())["curve"]
     assert [r["step"] for r in curves["one"]] == [r["step"] for r in curves["two"]] == [3, 6]
     for a, b in zip(curves["one"], curves["two"]):
@@ -211,7 +217,8 @@ def test_reward_model_on_two_ranks_matches_one_process(smoke_dir, tmp_path, kind
         _launch("pipeline.train_rm", ["--cfg", json.dumps(c), "--kind", kind, "--loss", loss, "--labels", str(labels),
                                       "--policy", str(r / "models/sft/medium"),
                                       "--heldout", str(r / "rollouts/medium/test.jsonl"), "--out", str(out),
-                                      "--instruction-frac", "0.5" if loss == "ce_inst" else "1.0"], nproc)
+                                      "--instruction-frac", "0.5" if loss == "ce_inst" else "1.0"], nproc,
+                tmp_path / f"{name}.log")
         curves[name] = json.loads((out / "metrics.json").read_text())
     one, two = curves["one"], curves["two"]
     assert len(one["loss_curve"]) == len(two["loss_curve"]) >= 2

@@ -4,9 +4,7 @@ process; the other methods stop in this process right after a checkpoint (the st
 called directly: the same code, without three interpreter start-ups per test)."""
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -19,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.config import load_preset
-from conftest import SMOKE
+from conftest import SMOKE, run_stage_in_process
 
 pytestmark = pytest.mark.slow
 TIMING_KEYS = {"wall_s", "iter_s"}
@@ -55,22 +53,6 @@ class CrashAfterCheckpoint(Exception):
     """Raised right after a checkpoint is on disk: the state a kill at that moment leaves."""
 
 
-@contextlib.contextmanager
-def stage_process_state():
-    """Run a stage's main() inside pytest without leaking what it sets for its own process:
-    torch's thread count and the root logger's handlers (it logs to its --log file)."""
-    threads, root = torch.get_num_threads(), logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        for h in root.handlers:
-            if h not in handlers:
-                h.close()
-        root.handlers[:], root.level = handlers, level
-        torch.set_num_threads(threads)
-
-
 def run_rl_in_process(cmd: list[str], log: Path, monkeypatch=None, crash_at: int | None = None) -> str:
     """The RL stage's main() on `cmd`'s arguments in this process (no interpreter start-up and
     imports per run); with `crash_at`, it stops with CrashAfterCheckpoint once the checkpoint
@@ -87,13 +69,11 @@ def run_rl_in_process(cmd: list[str], log: Path, monkeypatch=None, crash_at: int
 
         monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
     assert cmd[1:3] == ["-m", "pipeline.rl"]
-    with stage_process_state():
-        try:
-            train.main([*cmd[3:], "--log", str(log)])
-        finally:
-            if crash_at is not None:
-                monkeypatch.setattr(train, "save_checkpoint", save)
-    return log.read_text()
+    try:
+        return run_stage_in_process("pipeline.rl", cmd[3:], log)
+    finally:
+        if crash_at is not None:
+            monkeypatch.setattr(train, "save_checkpoint", save)
 
 
 def same_weights(a: Path, b: Path) -> bool:
