@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import os
 import signal
@@ -83,6 +84,15 @@ def run_smoke(workdir: Path, kill_at: tuple[str, ...] = ()) -> Path:
 @pytest.fixture(scope="session")
 def smoke_dir(tmp_path_factory) -> Path:
     return run_smoke(tmp_path_factory.mktemp("smoke_a"), kill_at=KILL_MARKERS)
+
+
+RL_TIMING_KEYS = ("wall_s", "iter_s")  # measured, so they differ between identical runs
+
+
+def untimed_rl_metrics(out: Path) -> list[dict]:
+    """An RL run's metrics.jsonl rows (run folder `out`) without the measured times."""
+    return [{k: v for k, v in json.loads(line).items() if k not in RL_TIMING_KEYS}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 @contextlib.contextmanager

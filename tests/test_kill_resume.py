@@ -11,35 +11,23 @@ Rerunning only those jobs (Snakemake's --forcerun on their rules) instead of a s
 keeps the check and halves its cost (issue 17)."""
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import KILL_MARKERS, SMOKE, snakemake
+from conftest import SMOKE, snakemake, untimed_rl_metrics
 
 pytestmark = pytest.mark.slow
 
 SMOKE_ARGS = ("--configfile", str(SMOKE))
 RERUN_RULES = ("data_prep", "sft", "rollouts", "mc_label", "train_rm", "rl")
-TIMING_KEYS = ("wall_s", "iter_s")
-
-
-def untimed_metrics(path: Path) -> list[dict]:
-    """An RL run's metrics.jsonl rows without the measured times."""
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
-            for line in path.read_text().splitlines()]
-
-
 SAME_BYTES = ["data/train.jsonl", "rollouts/medium/train.jsonl", "mc/medium/train.jsonl",
               "rm/pav/model/model.safetensors", "rm/implicit_ce_inst/model/model.safetensors",
               *[f"models/sft/{t}/model.safetensors" for t in ("weak", "medium", "strong")]]
 
 
 def test_killed_jobs_rerun_uninterrupted_give_the_recovered_results(smoke_dir, tmp_path):
-    assert KILL_MARKERS[0].startswith("results/checkpoints/sft")  # the smoke run was killed as described
     logs = smoke_dir / "results" / "logs"
     assert "resumed from" in (logs / "sft.log").read_text()
     resumed = sorted(f.parent.name for f in logs.glob("rl/*/s0.log") if "resumed from" in f.read_text())
@@ -64,4 +52,4 @@ def test_killed_jobs_rerun_uninterrupted_give_the_recovered_results(smoke_dir, t
         assert "resumed from" not in (rerun_logs / "rl" / algo / "s0.log").read_text()
         a, b = (d / "results" / "rl" / algo / "s0" for d in (smoke_dir, run))
         assert (a / "policy/model.safetensors").read_bytes() == (b / "policy/model.safetensors").read_bytes(), algo
-        assert untimed_metrics(a / "metrics.jsonl") == untimed_metrics(b / "metrics.jsonl"), algo
+        assert untimed_rl_metrics(a) == untimed_rl_metrics(b), algo

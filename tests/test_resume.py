@@ -17,10 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.config import load_preset
-from conftest import SMOKE, run_stage_in_process
+from conftest import SMOKE, run_stage_in_process, untimed_rl_metrics
 
 pytestmark = pytest.mark.slow
-TIMING_KEYS = {"wall_s", "iter_s"}
 
 
 RM_OF = {"pav": "pav", "prime_frozen": "implicit_ce_inst"}  # what the smoke DAG trains for them
@@ -34,11 +33,6 @@ def rl_cmd(cfg: dict, smoke_dir: Path, out: Path, ckpt: Path, algo: str = "rloo"
     if algo in RM_OF:
         cmd += ["--rm", str(smoke_dir / "results/rm" / RM_OF[algo] / "model")]
     return cmd
-
-
-def metrics(out: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 def rl_config(algo: str, iters: int) -> dict:
@@ -110,7 +104,7 @@ def test_rl_resumes_after_sigkill_and_matches_uninterrupted_run(smoke_dir, tmp_p
 
     resumed = subprocess.run(rl_cmd(cfg, smoke_dir, out, ckpt, algo), check=True, capture_output=True, text=True)
     assert f"resumed from {ckpt}/step{killed_at:07d}" in resumed.stderr
-    assert metrics(out) == metrics(full_out)
+    assert untimed_rl_metrics(out) == untimed_rl_metrics(full_out)
     assert same_weights(out / "policy", full_out / "policy")
     assert not ckpt.exists()  # resume state removed once the run has finished
 
@@ -133,7 +127,7 @@ def test_rl_resumes_after_a_crash_and_matches_uninterrupted_run(smoke_dir, tmp_p
         assert (ckpt / "prm" / f"step{crash_at:07d}").is_dir()
     log = run_rl_in_process(rl_cmd(cfg, smoke_dir, out, ckpt, algo), tmp_path / "resumed.log")
     assert f"resumed from {ckpt}/step{crash_at:07d}" in log
-    assert metrics(out) == metrics(full_out)
+    assert untimed_rl_metrics(out) == untimed_rl_metrics(full_out)
     assert same_weights(out / "policy", full_out / "policy")
     assert not ckpt.exists()
 
@@ -146,14 +140,14 @@ def test_changed_config_does_not_resume_stale_checkpoint(smoke_dir, tmp_path):
     (ckpt / "latest.json").write_text(json.dumps({"tag": "step0000001", "step": 1, "config_hash": "other"}))
     log = run_rl_in_process(rl_cmd(cfg, smoke_dir, tmp_path / "out", ckpt), tmp_path / "rl.log")
     assert "ignoring checkpoint" in log and "resumed from" not in log
-    assert len(metrics(tmp_path / "out")) == 3
+    assert len(untimed_rl_metrics(tmp_path / "out")) == 3
 
 
 def test_rl_with_kl_penalty_logs_a_finite_nonnegative_kl(smoke_dir, tmp_path):
     cfg = load_preset(SMOKE)
     cfg["rl"].update(iterations=2, checkpoint_every=5, eval_every=2, kl_coef=0.05, ppo_epochs=2)
     run_rl_in_process(rl_cmd(cfg, smoke_dir, tmp_path / "out", tmp_path / "ck"), tmp_path / "rl.log")
-    rows = metrics(tmp_path / "out")
+    rows = untimed_rl_metrics(tmp_path / "out")
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
         # k3 is >= 0 per token; after the first update the policy has moved, so KL > 0
@@ -209,7 +203,7 @@ def test_vineppo_runs_in_the_rl_loop_and_counts_auxiliary_samples(smoke_dir, tmp
     cfg["rl"].update(iterations=2, checkpoint_every=5, eval_every=2, prompts_per_iter=4, samples_per_prompt=2,
                      vineppo={"k": 2})
     run_rl_in_process(rl_cmd(cfg, smoke_dir, tmp_path / "out", tmp_path / "ck", "vineppo"), tmp_path / "rl.log")
-    rows = metrics(tmp_path / "out")
+    rows = untimed_rl_metrics(tmp_path / "out")
     assert [r["iteration"] for r in rows] == [0, 1, 2]
     for r in rows[1:]:
         # at least V(x) for each of the 4 prompts, k = 2 completions each
