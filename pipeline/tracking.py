@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 log = logging.getLogger("pipeline.tracking")
@@ -55,6 +56,7 @@ class Tracker:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
+            _wait_to_sort_last(self.log_dir)
             self._tb = SummaryWriter(str(self.log_dir), purge_step=resume_step or None, flush_secs=30)
         if wandb:
             self._wandb = _wandb_run(self.log_dir, run_name, config)
@@ -108,6 +110,23 @@ class Tracker:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _wait_to_sort_last(log_dir: Path) -> None:
+    """Wait (at most about a second) until a new event file would sort after every event file
+    already in `log_dir`. TensorBoard reads a folder's files in name order and lets the later file
+    win where steps overlap (the resumed run's `purge_step`), but a name is
+    `events.out.tfevents.<seconds>.<host>.<pid>.<writer counter>`: two files begun in the same
+    second sort by pid and counter as text ("10" < "9"), so a resume that starts within the
+    second of the run it resumes could be shown the old values."""
+    stamps = []
+    for f in log_dir.glob("events.out.tfevents.*"):
+        field = f.name.split(".")[3]
+        if field.isdigit():
+            stamps.append(int(field))
+    if stamps:
+        while int(time.time()) <= max(stamps):
+            time.sleep(0.02)
 
 
 def stage_tracker(cfg: dict, log_dir: str | Path, main: bool = True, resume_step: int | None = None,

@@ -253,3 +253,22 @@ def test_the_rules_pass_tracking_only_when_it_differs_from_the_defaults(tmp_path
     for stage in ("pipeline.sft", "pipeline.train_rm", "pipeline.rl "):
         line = next(x for x in off.splitlines() if stage in x)
         assert '"tracking": {"tensorboard": false, "wandb": false}' in line, stage
+
+
+def test_a_resume_begun_in_the_same_second_still_sorts_after_the_run_it_resumes(tmp_path):
+    """TensorBoard reads event files in name order; an earlier file whose name sorts after the
+    resume's (same second, pid "99999" > any shorter pid as text) must not win."""
+    import socket
+    import time
+
+    with Tracker(tmp_path / "tb") as t:
+        for step in range(3):
+            t.scalar("x", 1.0, step)
+    (old,) = (tmp_path / "tb").glob("events.*")
+    old.rename(old.with_name(f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.99999.9"))
+    with Tracker(tmp_path / "tb", resume_step=1) as t:
+        for step in (1, 2):
+            t.scalar("x", 2.0, step)
+    names = sorted(f.name for f in (tmp_path / "tb").glob("events.*"))
+    assert len(names) == 2 and ".99999." in names[0]
+    assert read_events(tmp_path / "tb") == {"x": [(0, 1.0), (1, 2.0), (2, 2.0)]}
