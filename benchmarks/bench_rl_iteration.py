@@ -20,12 +20,17 @@ from pipeline.config import load_preset, rl_reward_model
 from pipeline.rl.train import main as rl_main
 
 
+PHASES = ("sample_s", "batch_s", "logprob_s", "train_s")  # pipeline/rl/train.py's per-phase times
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--algos", nargs="+", default=None, help="default: the preset's rl.algos")
     p.add_argument("--iterations", type=int, default=4)
     p.add_argument("--preset", nargs="*", default=[])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--decode", nargs="+", default=None, choices=["own", "generate"],
+                   help="sampling.decode ways to time side by side (default: the preset's)")
     args = p.parse_args()
     cfg = load_preset(*args.preset)
     rl = cfg["rl"]
@@ -33,28 +38,35 @@ def main() -> None:
     rl.update(iterations=args.iterations, eval_every=10**6, checkpoint_every=10**6, eval_prompts=1)
     res = Path(cfg["out_dir"])
     policy = cfg.get("policies", {}).get(rl["base_policy"], res / "models" / "sft" / rl["base_policy"])
-    stage_cfg = json.dumps({k: cfg[k] for k in ("rl", "task", "sampling", "seed")})
-    rows = {}
+    rows, phases = {}, {}
+    ways = args.decode or [cfg["sampling"]["decode"]]
     with tempfile.TemporaryDirectory() as tmp:
-        for algo in args.algos or rl["algos"]:
-            out = Path(tmp) / algo
+        for algo, way in [(a, w) for a in args.algos or rl["algos"] for w in ways]:
+            name = algo if len(ways) == 1 else f"{algo} ({way} decode)"
+            out = Path(tmp) / name
             rm = rl_reward_model(cfg, algo)
+            stage_cfg = json.dumps({**{k: cfg[k] for k in ("rl", "task", "seed")},
+                                    "sampling": {**cfg["sampling"], "decode": way}})
             rl_main(["--cfg", stage_cfg, "--algo", algo, "--policy", str(policy), "--data", str(res / "data"),
                      "--out", str(out), "--ckpt", str(Path(tmp) / f"ck_{algo}"), "--threads", str(args.threads),
                      *(["--rm", str(res / "rm" / rm / "model")] if rm else [])])
             m = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
             timed = m[1:] or m  # the first iteration pays one-off warm-up (DeepSpeed op build, allocator)
-            rows[algo] = (sum(r["iter_s"] for r in timed) / len(timed), m[-1]["samples"] / len(m),
+            rows[name] = (sum(r["iter_s"] for r in timed) / len(timed), m[-1]["samples"] / len(m),
                           m[-1]["flops"] / len(m))
+            phases[name] = {k: sum(r[k] for r in timed) / len(timed) for k in PHASES}
     print(f"{args.iterations} iterations (first one untimed) x {rl['prompts_per_iter']} prompts x {rl['samples_per_prompt']} samples, "
           f"vineppo_k={rl['vineppo']['k']}, threads={args.threads}")
-    print("| method | s / iteration | samples / iteration | FLOPs / iteration | time vs RLOO | FLOPs vs RLOO |")
+    print("| method | s / iteration | samples / iteration | FLOPs / iteration | time vs first | FLOPs vs first |")
     print("|---|---:|---:|---:|---:|---:|")
-    base = rows.get("rloo")
-    for algo, (t, s, f) in rows.items():
-        rt = f"{t / base[0]:.1f}x" if base else ""
-        rf = f"{f / base[2]:.1f}x" if base else ""
-        print(f"| {algo} | {t:.2f} | {s:.0f} | {f:.3g} | {rt} | {rf} |")
+    base = rows.get("rloo") or next(iter(rows.values()))
+    for name, (t, s, f) in rows.items():
+        print(f"| {name} | {t:.2f} | {s:.0f} | {f:.3g} | {t / base[0]:.2f}x | {f / base[2]:.1f}x |")
+    print("\nWhere an iteration's time goes (seconds, share of the iteration):")
+    print("| method | " + " | ".join(PHASES) + " |\n|---|" + "---:|" * len(PHASES))
+    for name, ph in phases.items():
+        t = rows[name][0]
+        print(f"| {name} | " + " | ".join(f"{ph[k]:.2f} ({ph[k] / t:.0%})" for k in PHASES) + " |")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-WALL = ("wall_s", "iter_s")
+from pipeline.rl import TIMING_KEYS as WALL
 
 
 def metrics(run: Path) -> list[dict]:

@@ -22,6 +22,10 @@ class Generation:
     text: str              # decoded response, special tokens removed
     token_ids: list[int]   # response tokens, EOS included when the model produced it
     finished: bool         # ended with EOS (False: cut at max_new_tokens)
+    # log pi(token | context) at temperature 1 for each token, taken from the sampling pass's
+    # own logits when asked for (`generate(..., logprobs=True)` on the own decode loop; RL's old
+    # log-probs); None where the sampler did not record them
+    logprobs: list[float] | None = None
 
 
 class Sampler:
@@ -31,7 +35,10 @@ class Sampler:
 
     def generate(self, prompts: list[str], n: int = 1, *, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 64, seed: int = 0, greedy: bool = False,
-                 desc: str = "sampling") -> list[list[Generation]]:
+                 desc: str = "sampling", logprobs: bool = False) -> list[list[Generation]]:
+        """`logprobs`: also record each token's log-prob at temperature 1 (`Generation.logprobs`)
+        where the backend computes it exactly as a forward of this model would; a backend that
+        cannot leaves it None and the caller computes it."""
         raise NotImplementedError
 
     def generate_from_prefixes(self, prefixes: list[list[int]], n: int = 1, *, temperature: float = 1.0,
@@ -48,7 +55,16 @@ class Sampler:
 
 
 class HFSampler(Sampler):
-    def __init__(self, model, tokenizer, batch_size: int = 256, progress: bool = True):
+    """`decode`: "own" (default) runs the decode loop here on `decoding.KVDecoder` (a
+    preallocated KV cache, no per-step `generate` machinery; same tokens as `generate` for the
+    same seed up to float rounding, see tests/test_decoding.py) when the model is a plain
+    Llama-family one, else transformers' own forward; "generate" always uses `generate` and
+    a plain forward (the earlier way, kept for the benchmark and as a fallback)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 256, progress: bool = True, decode: str = "own"):
+        if decode not in ("own", "generate"):
+            raise ValueError(f"sampling.decode must be 'own' or 'generate', got {decode!r}")
+        self.decode = decode
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
@@ -57,9 +73,23 @@ class HFSampler(Sampler):
         self.compute = Compute()
         self._stop_cache: dict = {}  # (stop, vocab size, device) -> token masks, see _stop_masks
 
+    def kv_decoder(self):
+        """A `KVDecoder` over the current model, or None where the HF forward must be used."""
+        if self.decode != "own":
+            return None
+        from .decoding import KVDecoder, unsupported_reason
+
+        return None if unsupported_reason(self.model) else KVDecoder(self.model)
+
     @torch.no_grad()
     def generate(self, prompts, n=1, *, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0,
-                 greedy=False, desc="sampling"):
+                 greedy=False, desc="sampling", logprobs=False):
+        decoder = self.kv_decoder()
+        if decoder is not None:
+            return self._generate_own(decoder, prompts, n, 0.0 if greedy else temperature, top_p,
+                                      max_new_tokens, seed, desc, logprobs)
+        # `generate`'s scores are after its logits processors (temperature, top-p): not the
+        # temperature-1 log-probs asked for, so this path leaves them to the caller
         tok = self.tokenizer
         flat = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
         out: list[list[Generation]] = [[] for _ in prompts]
@@ -95,6 +125,35 @@ class HFSampler(Sampler):
             self.model.train()
         return out
 
+    def _generate_own(self, decoder, prompts, n, temperature, top_p, max_new_tokens, seed, desc, logprobs=False):
+        """`generate` on the own decode loop: the same batches, seeds and draws as the
+        `generate` path (one exponential race per row and step is `torch.multinomial`'s draw,
+        see `sample_rows`), rows leaving the batch as they finish. With `logprobs` each token's
+        temperature-1 log-prob comes from the same logits it was drawn from."""
+        tok = self.tokenizer
+        flat = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
+        out: list[list[Generation]] = [[] for _ in prompts]
+        was_training = self.model.training
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        eos = tok.eos_token_id
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
+            for b_idx, start in enumerate(tqdm(range(0, len(flat), self.batch_size), desc=desc,
+                                               disable=not self.progress, leave=False)):
+                chunk = flat[start:start + self.batch_size]
+                torch.manual_seed(seed * 1_000_003 + b_idx)
+                enc = tok([p for _, p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+                ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+                logits = decoder.prefill(ids, mask, ids.shape[1] + max_new_tokens)
+                lps = [[] for _ in chunk] if logprobs else None
+                tokens = self._decode(decoder, logits, temperature, top_p, max_new_tokens, None, None, True, lps)
+                for j, ((i, _), t) in enumerate(zip(chunk, tokens)):
+                    out[i].append(Generation(tok.decode(t, skip_special_tokens=True), t, bool(t) and t[-1] == eos,
+                                             lps[j] if logprobs else None))
+                self.compute.add_sampling(self.n_params, int(mask.sum()), sum(len(t) for t in tokens), len(chunk))
+        if was_training:
+            self.model.train()
+        return out
 
     @torch.no_grad()
     def generate_from_prefixes(self, prefixes: list[list[int]], n: int = 1, *, temperature: float = 1.0,
@@ -134,6 +193,7 @@ class HFSampler(Sampler):
         device = next(model.parameters()).device
         eos, pad = tok.eos_token_id, tok.pad_token_id
         per_batch = max(1, self.batch_size // max(1, n))
+        decoder = self.kv_decoder()
         order = list(range(len(prefixes)))
         if sort:  # longest first; stable, so equal lengths keep the caller's order
             order.sort(key=lambda i: -len(prefixes[i]))
@@ -153,7 +213,19 @@ class HFSampler(Sampler):
                     ids[i, L - len(p):] = torch.tensor(p)
                     mask[i, L - len(p):] = 1
                 ids, mask = ids.to(device), mask.to(device)
-                if share_prefix:
+                if decoder is not None:
+                    # positions by column, as the plain forward below numbers them
+                    if share_prefix:
+                        logits = decoder.prefill(ids, mask, L + max_new_tokens, positions_from_mask=False)
+                        decoder.repeat(n)
+                        logits = logits.repeat_interleave(n, 0)
+                        prefill = sum(len(p) for p in chunk)
+                    else:
+                        ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
+                        logits = decoder.prefill(ids, mask, L + max_new_tokens, positions_from_mask=False)
+                        prefill = n * sum(len(p) for p in chunk)
+                    stepper = decoder
+                elif share_prefix:
                     fwd = model(input_ids=ids, attention_mask=mask, use_cache=True)
                     cache = fwd.past_key_values
                     cache.batch_repeat_interleave(n)
@@ -165,10 +237,12 @@ class HFSampler(Sampler):
                     fwd = model(input_ids=ids, attention_mask=mask, use_cache=True)
                     cache, logits = fwd.past_key_values, fwd.logits[:, -1]
                     prefill = n * sum(len(p) for p in chunk)
-                del fwd
+                if decoder is None:
+                    del fwd
+                    stepper = _HFStepper(model, cache, mask)
                 stops = None if stop is None else self._stop_masks(stop, logits.shape[-1], device)
                 rows = logits.shape[0]
-                tokens = self._decode(cache, logits, mask, temperature, top_p, max_new_tokens, stop, stops, compact)
+                tokens = self._decode(stepper, logits, temperature, top_p, max_new_tokens, stop, stops, compact)
                 gens = [Generation(tok.decode(t, skip_special_tokens=True), t, bool(t) and t[-1] == eos) for t in tokens]
                 for j, i in enumerate(idx):
                     out[i] = gens[j * n:(j + 1) * n]
@@ -177,13 +251,14 @@ class HFSampler(Sampler):
             model.train()
         return out
 
-    def _decode(self, cache, logits, mask, temperature, top_p, max_new_tokens, stop, stops,
-                compact) -> list[list[int]]:
-        """The decode loop of `generate_from_prefixes` for one prefilled batch (`cache`, the
-        last position's `logits` and the attention `mask`, one row each): the tokens of each
+    def _decode(self, stepper, logits, temperature, top_p, max_new_tokens, stop, stops,
+                compact, logprobs: list[list[float]] | None = None) -> list[list[int]]:
+        """The decode loop for one prefilled batch (`stepper`: a `KVDecoder` or `_HFStepper`
+        holding its cache; `logits`: the last position's, one row each): the tokens of each
         row. `live[b]` is the row at batch position b; with `compact` finished positions are
-        dropped from the cache, the mask and the next tokens alike."""
-        tok, model = self.tokenizer, self.model
+        dropped from the cache, the mask and the next tokens alike. `logprobs` (one empty list
+        per row) receives each drawn token's log-softmax of the raw logits (temperature 1)."""
+        tok = self.tokenizer
         rows = logits.shape[0]
         if stop is not None:
             stop_full, stop_tail = stops
@@ -196,12 +271,19 @@ class HFSampler(Sampler):
         for _ in range(max_new_tokens):
             nxt = sample_rows(logits, temperature, top_p, rows, at)
             drawn = nxt.tolist()
+            if logprobs is not None:
+                lp = torch.log_softmax(logits.float(), -1).gather(-1, nxt.unsqueeze(-1)).squeeze(-1).tolist()
             if n_done:
                 for b in torch.nonzero(~done).flatten().tolist():
                     tokens[live[b]].append(drawn[b])
+                    if logprobs is not None:
+                        logprobs[live[b]].append(lp[b])
             else:
                 for b, t in enumerate(drawn):
                     tokens[live[b]].append(t)
+                if logprobs is not None:
+                    for b, v in enumerate(lp):
+                        logprobs[live[b]].append(v)
             if stop is not None:
                 hit = stop_full[nxt] & ~done
                 for b in torch.nonzero(stop_tail[nxt] & ~done).flatten().tolist():
@@ -214,17 +296,15 @@ class HFSampler(Sampler):
                 break
             if compact and 4 * n_done >= len(live):
                 keep = torch.nonzero(~done).flatten()
-                cache.batch_select_indices(keep)
-                mask, nxt = mask[keep], nxt[keep]
+                stepper.select(keep)
+                nxt = nxt[keep]
                 live = [live[b] for b in keep.tolist()]
                 at = torch.tensor(live, device=device)
                 done = torch.zeros(len(live), dtype=torch.bool, device=device)
                 n_done = 0
             if n_done:
                 nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-            mask = torch.cat([mask, (~done).long().unsqueeze(1)], dim=1)
-            fwd = model(input_ids=nxt.unsqueeze(1), attention_mask=mask, past_key_values=cache, use_cache=True)
-            cache, logits = fwd.past_key_values, fwd.logits[:, -1]
+            logits = stepper.step(nxt, ~done if n_done else None)
         return tokens
 
     def _stop_masks(self, stop: str, vocab_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -252,6 +332,26 @@ class HFSampler(Sampler):
                     tail[i] = True
             self._stop_cache[key] = (full.to(device), tail.to(device))
         return self._stop_cache[key]
+
+
+class _HFStepper:
+    """The decode loop's model side on transformers' own forward and `DynamicCache` (models
+    `KVDecoder` does not run): the attention mask grows by a column per step."""
+
+    def __init__(self, model, cache, mask):
+        self.model, self.cache, self.mask = model, cache, mask
+
+    def step(self, tokens: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
+        col = torch.ones_like(tokens) if live is None else live.long()
+        self.mask = torch.cat([self.mask, col.unsqueeze(1)], dim=1)
+        fwd = self.model(input_ids=tokens.unsqueeze(1), attention_mask=self.mask, past_key_values=self.cache,
+                         use_cache=True)
+        self.cache = fwd.past_key_values
+        return fwd.logits[:, -1]
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.cache.batch_select_indices(keep)
+        self.mask = self.mask[keep]
 
 
 def _probs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
@@ -361,7 +461,9 @@ class VLLMSampler(Sampler):
         return n
 
     def generate(self, prompts, n=1, *, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0,
-                 greedy=False, desc="sampling"):
+                 greedy=False, desc="sampling", logprobs=False):
+        # `logprobs` is not taken from vLLM: its kernels (and bf16 on GPU) are not the trainer's,
+        # and PPO's ratio needs the trainer's own log-probs, so the caller recomputes them.
         # token ids as the HF path encodes them (no special tokens added: a prompt template that
         # writes its own BOS would otherwise get a second one from vLLM's tokenizer call)
         ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
@@ -504,7 +606,8 @@ def make_sampler(sampling_cfg: dict, model=None, tokenizer=None, model_path: str
         if model is None:
             from .modeling import load_policy
             model, tokenizer = load_policy(model_path)
-        return HFSampler(model, tokenizer, batch_size=sampling_cfg["batch_size"], progress=sampling_cfg["progress"])
+        return HFSampler(model, tokenizer, batch_size=sampling_cfg["batch_size"], progress=sampling_cfg["progress"],
+                         decode=sampling_cfg["decode"])
     if backend == "vllm":
         from .modeling import check_model_dir
 

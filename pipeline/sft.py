@@ -90,7 +90,8 @@ def main(argv=None) -> None:
         bar.update(1)
         tracker.scalar("sft/loss", loss, step)
         if step % int(sft["eval_every"]) == 0 or step == max_steps:
-            sampler = HFSampler(engine.module, tokenizer, batch_size=cfg["sampling"]["batch_size"], progress=False)
+            sampler = HFSampler(engine.module, tokenizer, batch_size=cfg["sampling"]["batch_size"], progress=False,
+                                decode=cfg["sampling"]["decode"])
             ev = evaluate_policy(sampler, val_records, task_cfg, k=1, temperature=float(sft["eval_temperature"]),
                                  max_new_tokens=int(cfg["sampling"]["max_new_tokens"]), seed=seed + step)
             compute = compute.merge(sampler.compute)

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from pipeline.config import load_preset
+from pipeline.rl import TIMING_KEYS as RL_TIMING_KEYS  # measured times: identical runs differ in these only
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "config" / "smoke.yaml"
@@ -84,9 +85,6 @@ def run_smoke(workdir: Path, kill_at: tuple[str, ...] = ()) -> Path:
 @pytest.fixture(scope="session")
 def smoke_dir(tmp_path_factory) -> Path:
     return run_smoke(tmp_path_factory.mktemp("smoke_a"), kill_at=KILL_MARKERS)
-
-
-RL_TIMING_KEYS = ("wall_s", "iter_s")  # measured, so they differ between identical runs
 
 
 def untimed_rl_metrics(out: Path) -> list[dict]:

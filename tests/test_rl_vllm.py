@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 import pipeline.rl.train as rl_module
 from pipeline.config import load_preset
+from pipeline.rl import TIMING_KEYS
 from pipeline.modeling import load_policy
 from pipeline.sampler import HFSampler, VLLMSampler
 from conftest import SMOKE
@@ -58,7 +59,7 @@ def run_rl(cfg: dict, smoke_dir: Path, out: Path) -> list[dict]:
                     str(smoke_dir / "results/models/sft/medium"), "--data", str(smoke_dir / "results/data"),
                     "--out", str(out), "--ckpt", str(out.parent / f"ck_{out.name}"), "--threads", "1"])
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("wall_s", "iter_s")} for r in rows]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 def test_rl_with_vllm_backend_syncs_weights_and_matches_the_hf_backend(smoke_dir, tmp_path, monkeypatch):

@@ -224,8 +224,8 @@ def test_strip_after_eos_pad_equals_eos():
 
 
 def test_make_sampler(model, tok):
-    s = make_sampler({"backend": "hf", "batch_size": 7, "progress": False}, model=model, tokenizer=tok)
-    assert isinstance(s, HFSampler) and s.batch_size == 7 and s.model is model
+    s = make_sampler({"backend": "hf", "batch_size": 7, "progress": False, "decode": "generate"}, model=model, tokenizer=tok)
+    assert isinstance(s, HFSampler) and s.batch_size == 7 and s.model is model and s.decode == "generate"
     with pytest.raises(ValueError, match="backend"):
         make_sampler({"backend": "sglang"}, model=model, tokenizer=tok)
 
@@ -254,17 +254,18 @@ def prefix_ids(tok):
 
 @pytest.fixture
 def compactions(monkeypatch):
-    """Counts the rows dropped from KV caches (DynamicCache.batch_select_indices calls)."""
-    from transformers import DynamicCache
+    """Counts the rows kept when finished rows are dropped from a KV cache (either decode
+    loop's `select`)."""
+    from pipeline.decoding import KVDecoder
+    from pipeline.sampler import _HFStepper
 
     calls = []
-    original = DynamicCache.batch_select_indices
+    for cls in (KVDecoder, _HFStepper):
+        def spy(self, indices, _original=cls.select):
+            calls.append(len(indices))
+            return _original(self, indices)
 
-    def spy(self, indices):
-        calls.append(len(indices))
-        return original(self, indices)
-
-    monkeypatch.setattr(DynamicCache, "batch_select_indices", spy)
+        monkeypatch.setattr(cls, "select", spy)
     return calls
 
 

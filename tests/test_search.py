@@ -337,7 +337,7 @@ def run_stage(d, verifier, out, **search):
     from pipeline.search import main
 
     cfg = {"seed": 0, "task": {"name": "arith", "grader": "exact", "step_delimiter": "\n"},
-           "sampling": {"backend": "hf", "batch_size": 64, "max_new_tokens": 24, "progress": False},
+           "sampling": {"backend": "hf", "batch_size": 64, "max_new_tokens": 24, "progress": False, "decode": "own"},
            "search": {**load_preset()["search"], "beam_width": 2, "n_candidates": 2, "max_steps": 4, "temperature": 1.0,
                       "dedupe": True, "aggregation": "last", **search}}
     main(["--cfg", json.dumps(cfg), "--policy", str(d / "policy"), "--verifier", str(d / verifier),

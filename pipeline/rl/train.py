@@ -39,6 +39,37 @@ from .losses import kl_penalty, whiten
 log = logging.getLogger("pipeline.rl")
 
 
+def sampled_logprobs(encoded: list[list[int]], gens, prompt_ids, response_ids) -> list[torch.Tensor | None]:
+    """Each training sequence's log-probs as the sampler recorded them while drawing it
+    (`Generation.logprobs`), or None where the sequence is not one the sampler drew as is
+    (a method may train on other tokens, e.g. JEPO's reference answers) or it recorded none.
+    Matched on the prompt's and the response's token ids, so a method that filters or
+    reorders samples (PRIME) still gets its rows' own values."""
+    drawn = {}
+    for p, gs in zip(encoded, gens):
+        for g in gs:
+            if g.logprobs is not None:
+                drawn[(tuple(p), tuple(g.token_ids))] = g.logprobs
+    out = []
+    for p, r in zip(prompt_ids, response_ids):
+        lp = drawn.get((tuple(p), tuple(r)))
+        out.append(None if lp is None or len(lp) != len(r) else torch.tensor(lp, dtype=torch.float32))
+    return out
+
+
+def old_response_logprobs(model, prompt_ids, response_ids, pad_id, mb: int,
+                          known: list[torch.Tensor | None]) -> tuple[list[torch.Tensor], int]:
+    """Old log-probs for every sequence: `known` ones as they are, the rest by a forward.
+    Returns them and the number of tokens the forward read (for the FLOP count)."""
+    todo = [i for i, v in enumerate(known) if v is None]
+    out = list(known)
+    if todo:
+        got = response_logprobs(model, [prompt_ids[i] for i in todo], [response_ids[i] for i in todo], pad_id, mb)
+        for i, v in zip(todo, got):
+            out[i] = v
+    return out, sum(len(prompt_ids[i]) + len(response_ids[i]) for i in todo)
+
+
 @torch.no_grad()
 def response_logprobs(model, prompt_ids, response_ids, pad_id, mb: int) -> list[torch.Tensor]:
     """log pi(y_t | x, y_<t) over each response's tokens, one 1-D tensor per sample."""
@@ -100,11 +131,14 @@ def main(argv=None) -> None:
         sampler = make_sampler(samp, model_path=args.policy, colocate=True)
         sampler.sync_weights(engine.module)  # every rank calls it under ZeRO-3
     else:
-        sampler = HFSampler(engine.module, tokenizer, batch_size=samp["batch_size"], progress=False)
+        sampler = HFSampler(engine.module, tokenizer, batch_size=samp["batch_size"], progress=False,
+                            decode=samp["decode"])
     pad = tokenizer.pad_token_id
+    from_sampler = rl["old_logprobs"] == "sampler"
 
     def validate(it: int) -> float:
-        vs = HFSampler(engine.module, tokenizer, batch_size=samp["batch_size"], progress=False)
+        vs = HFSampler(engine.module, tokenizer, batch_size=samp["batch_size"], progress=False,
+                       decode=samp["decode"])
         res = evaluate_policy(vs, val, task_cfg, k=1, temperature=float(rl["temperature"]),
                               max_new_tokens=int(samp["max_new_tokens"]), seed=seed + 7 * it)
         return res["pass1"]  # validation compute is not training compute: not added
@@ -125,7 +159,9 @@ def main(argv=None) -> None:
         prompts = [format_prompt(r, task_cfg) for r in records]
         sampler.compute = Compute()  # this iteration's sampling cost
         gens = sampler.generate(prompts, n=K, temperature=float(rl["temperature"]),
-                                max_new_tokens=int(samp["max_new_tokens"]), seed=seed * 7_919 + it)
+                                max_new_tokens=int(samp["max_new_tokens"]), seed=seed * 7_919 + it,
+                                logprobs=from_sampler)
+        t_sampled = time.time()
         # outcomes: the reward of every method but JEPO, which logs them only
         rewards = torch.tensor([[float(judge(r, g.text, task_cfg)["outcome"]) for g in gs]
                                 for r, gs in zip(records, gens)])
@@ -134,16 +170,22 @@ def main(argv=None) -> None:
         n_policy_samples = sampler.compute.samples
 
         batch = method.batch(ro, compute)  # per-token advantages and the sequences to train on
+        t_batched = time.time()
         aux_samples = sampler.compute.samples - n_policy_samples
         compute = compute.merge(sampler.compute)  # every generated token, auxiliary ones included
 
         prompt_ids, response_ids = batch.prompt_ids, batch.response_ids
         n_tokens = sum(len(a) + len(b) for a, b in zip(prompt_ids, response_ids))
         engine.eval()
-        old_logp = response_logprobs(engine.module, prompt_ids, response_ids, pad, mb)
+        # PPO's old log-probs are the sampling policy's: the sampler's own where it recorded them
+        # (rl.old_logprobs: sampler), a forward for the rest; the weights have not changed since
+        known = (sampled_logprobs(encoded, gens, prompt_ids, response_ids) if from_sampler
+                 else [None] * len(prompt_ids))
+        old_logp, forward_tokens = old_response_logprobs(engine.module, prompt_ids, response_ids, pad, mb, known)
         ref_logp = response_logprobs(ref_model, prompt_ids, response_ids, pad, mb) if ref_model else None
-        compute.add_scoring(n_params, n_tokens * (2 if ref_model else 1))
+        compute.add_scoring(n_params, forward_tokens + (n_tokens if ref_model else 0))
         method.after_logprobs(batch, old_logp)
+        t_logprobs = time.time()
         if rl["whiten_advantages"] and len(batch):
             batch.adv = whiten(batch.adv, batch.tokens.get(batch.pg_mask) if batch.pg_mask else None)
         per_token = {"adv": batch.adv, **batch.tokens}
@@ -186,6 +228,7 @@ def main(argv=None) -> None:
         compute.add_training(n_params, n_tokens * epochs)
         if isinstance(sampler, VLLMSampler):
             sampler.sync_weights(engine.module)  # the next iteration samples from the updated policy
+        t_trained = time.time()
 
         row = {"iteration": it + 1, "reward_mean": rewards.mean().item(),
                "solved_all_frac": (rewards.min(1).values == 1).float().mean().item(),
@@ -193,7 +236,12 @@ def main(argv=None) -> None:
                "loss": mean_or_none(losses), "clip_frac": mean_or_none(clip_fracs), "kl": mean_or_none(kls),
                "response_len": sum(len(g.token_ids) for gs in gens for g in gs) / (P * K), "aux_samples": aux_samples,
                **batch.metrics, **{k: mean_or_none(v) for k, v in step_stats.items()},
-               "samples": compute.samples, "flops": compute.flops, "iter_s": time.time() - t_it}
+               "samples": compute.samples, "flops": compute.flops, "iter_s": time.time() - t_it,
+               # where the iteration's time went: policy sampling; the method's batch (rewards,
+               # PRM scoring and updates, VinePPO's auxiliary rollouts); old / reference
+               # log-probs; the optimizer steps (and a vLLM weight sync)
+               "sample_s": t_sampled - t_it, "batch_s": t_batched - t_sampled,
+               "logprob_s": t_logprobs - t_batched, "train_s": t_trained - t_logprobs}
         if (it + 1) % int(rl["eval_every"]) == 0 or it + 1 == iters:
             row["val_pass1"] = validate(it + 1)
         row["wall_s"] = time.time() - t_start
