@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--decode", nargs="+", default=None, choices=["own", "generate"],
                    help="sampling.decode ways to time side by side (default: the preset's)")
+    p.add_argument("--old-logprobs", nargs="+", default=None, choices=["sampler", "forward"],
+                   help="rl.old_logprobs ways to time side by side (default: the preset's)")
     args = p.parse_args()
     cfg = load_preset(*args.preset)
     rl = cfg["rl"]
@@ -39,14 +41,17 @@ def main() -> None:
     res = Path(cfg["out_dir"])
     policy = cfg.get("policies", {}).get(rl["base_policy"], res / "models" / "sft" / rl["base_policy"])
     rows, phases = {}, {}
-    ways = args.decode or [cfg["sampling"]["decode"]]
+    decodes = args.decode or [cfg["sampling"]["decode"]]
+    olds = args.old_logprobs or [rl["old_logprobs"]]
+    ways = [(d, o) for d in decodes for o in olds]
     with tempfile.TemporaryDirectory() as tmp:
-        for algo, way in [(a, w) for a in args.algos or rl["algos"] for w in ways]:
-            name = algo if len(ways) == 1 else f"{algo} ({way} decode)"
+        for algo, (decode, old) in [(a, w) for a in args.algos or rl["algos"] for w in ways]:
+            tags = ([f"{decode} decode"] if len(decodes) > 1 else []) + ([f"old log-probs: {old}"] if len(olds) > 1 else [])
+            name = f"{algo} ({', '.join(tags)})" if tags else algo
             out = Path(tmp) / name
             rm = rl_reward_model(cfg, algo)
-            stage_cfg = json.dumps({**{k: cfg[k] for k in ("rl", "task", "seed")},
-                                    "sampling": {**cfg["sampling"], "decode": way}})
+            stage_cfg = json.dumps({"rl": {**rl, "old_logprobs": old}, **{k: cfg[k] for k in ("task", "seed")},
+                                    "sampling": {**cfg["sampling"], "decode": decode}})
             rl_main(["--cfg", stage_cfg, "--algo", algo, "--policy", str(policy), "--data", str(res / "data"),
                      "--out", str(out), "--ckpt", str(Path(tmp) / f"ck_{algo}"), "--threads", str(args.threads),
                      *(["--rm", str(res / "rm" / rm / "model")] if rm else [])])

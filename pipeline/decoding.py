@@ -74,6 +74,15 @@ class KVDecoder:
         self.inv_freq = rotary.inv_freq.float()
         self.rope_scale = float(getattr(rotary, "attention_scaling", 1.0))
         self.k = self.v = None
+        self._unshare()
+
+    def _unshare(self) -> None:
+        # shared-prefix state (`repeat(n, share=True)`): the prefix's keys / values once per
+        # group (G, kv heads, L, head dim), its mask (G, L), each row's slot g * n + j
+        self.kp = self.vp = self.maskp = self.slot = None
+        self._prefix_full = False
+        self.n = 1
+        self.offset = 0  # cache column of the rows' own cache's first column (L when shared)
 
     # --- the model -------------------------------------------------------------------------
     def _rope(self, positions: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,10 +108,13 @@ class KVDecoder:
             v = attn.v_proj(h).view(B, T, -1, self.head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            self.k[i][:, :, start:end] = k
-            self.v[i][:, :, start:end] = v
-            keys, values = self.k[i][:, :, :end], self.v[i][:, :, :end]
-            if rep > 1 and T == 1:  # one query: attend on the kv heads, the group as the query axis
+            off = self.offset
+            self.k[i][:, :, start - off:end - off] = k
+            self.v[i][:, :, start - off:end - off] = v
+            keys, values = self.k[i][:, :, :end - off], self.v[i][:, :, :end - off]
+            if self.kp is not None:  # one query per row after a shared prefix (see `repeat`)
+                out = self._shared_attention(i, q, keys, values, attn_mask)
+            elif rep > 1 and T == 1:  # one query: attend on the kv heads, the group as the query axis
                 out = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, rep, self.head_dim), keys, values,
                                                      attn_mask=attn_mask, scale=self.scale)
             else:
@@ -120,6 +132,38 @@ class KVDecoder:
         x = self.model.model.norm(x)
         return self.model.lm_head(x)
 
+    def _shared_attention(self, i: int, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                          mask: torch.Tensor | None) -> torch.Tensor:
+        """One decode step's attention when the rows' prefixes are shared: each group's prefix
+        keys / values are read once for its n rows (not n copies), the rows' own columns as
+        usual, one softmax over both. q: (B, H, 1, d); keys, values: the rows' own columns
+        (B, kv, S, d); mask: bool (B, 1, 1, L + S) or None. Returns (B, H, 1, d)."""
+        B, H, _, d = q.shape
+        kp, vp = self.kp[i], self.vp[i]
+        G, kv, L, _ = kp.shape
+        n, rep, S = self.n, H // kv, keys.shape[2]
+        full = B == G * n  # no row has left: slots are rows, no scatter needed
+
+        def to_groups(x: torch.Tensor) -> torch.Tensor:  # (B, H, m) by slot -> (G, kv, n * rep, m)
+            if not full:
+                x = x.new_zeros((G * n,) + x.shape[1:]).index_copy_(0, self.slot, x)
+            return x.reshape(G, n, kv, rep, -1).permute(0, 2, 1, 3, 4).reshape(G, kv, n * rep, -1)
+
+        def to_rows(x: torch.Tensor) -> torch.Tensor:  # (G, kv, n * rep, m) -> (B, H, m)
+            x = x.view(G, kv, n, rep, -1).permute(0, 2, 1, 3, 4).reshape(G * n, H, -1)
+            return x if full else x.index_select(0, self.slot)
+
+        q1 = q[:, :, 0]
+        scores = torch.cat([to_rows(torch.matmul(to_groups(q1), kp.transpose(-1, -2))),
+                            torch.matmul(q1.view(B, kv, rep, d), keys.transpose(-1, -2)).view(B, H, S)], -1)
+        scores = scores * self.scale
+        if mask is not None:
+            scores = scores.masked_fill(~mask[:, 0], float("-inf"))
+        p = scores.softmax(-1)
+        out = to_rows(torch.matmul(to_groups(p[..., :L]), vp))
+        out = out + torch.matmul(p[..., L:].reshape(B, kv, rep, S), values).view(B, H, d)
+        return out.view(B, H, 1, d)
+
     # --- the loop's interface ----------------------------------------------------------------
     @torch.no_grad()
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, capacity: int,
@@ -131,6 +175,7 @@ class KVDecoder:
         B, L = ids.shape
         if capacity < L:
             raise ValueError(f"capacity {capacity} < prompt length {L}")
+        self._unshare()
         ref = self.model.model.embed_tokens.weight
         shape = (B, self.n_kv, capacity, self.head_dim)
         self.k = [torch.zeros(shape, dtype=ref.dtype, device=ref.device) for _ in self.layers]
@@ -156,18 +201,46 @@ class KVDecoder:
     def step(self, tokens: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
         """Feed one token per row (B,); `live` (bool, B): rows whose token counts (a finished
         row kept in the batch is fed padding and masked, as `generate` does not). Logits (B, V)."""
-        col = self.length
-        if col >= self.mask.shape[1]:
+        col, off = self.length, self.offset
+        if col - off >= self.mask.shape[1]:
             raise RuntimeError(f"KV cache full ({col} columns)")
-        self.mask[:, col] = True if live is None else live
+        self.mask[:, col - off] = True if live is None else live
         self.length = col + 1
-        attn_mask = None if bool(self.mask[:, :col + 1].all()) else self.mask[:, None, None, :col + 1]
+        own = self.mask[:, :col + 1 - off]
+        if self.kp is None:
+            attn_mask = None if bool(own.all()) else own[:, None, None, :]
+        elif self._prefix_full and bool(own.all()):
+            attn_mask = None
+        else:
+            attn_mask = torch.cat([self.maskp.index_select(0, self.slot // self.n), own], 1)[:, None, None, :]
         logits = self._forward(tokens[:, None], self.pos[:, None], col, attn_mask)[:, -1]
         self.pos = self.pos + 1
         return logits
 
-    def repeat(self, n: int) -> None:
-        """Each row n times in a row (n samples from one prefilled prompt)."""
+    def repeat(self, n: int, share: bool = False) -> None:
+        """Each row n times in a row (n samples from one prefilled prompt). With `share` the
+        prefilled columns are not copied: each group of n rows reads its prefix's keys and
+        values once per step (`_shared_attention`; on CPU a decode step's attention is bound by
+        reading the cache, benchmarks/bench_sampler.py), and the rows get caches of their own
+        for the columns after it. Same logits up to float rounding."""
+        if share and n > 1:
+            if self.kp is not None:
+                raise RuntimeError("repeat(share=True) twice")
+            L = self.length
+            self.kp = [t[:, :, :L].contiguous() for t in self.k]
+            self.vp = [t[:, :, :L].contiguous() for t in self.v]
+            self.maskp = self.mask[:, :L].contiguous()
+            self._prefix_full = bool(self.maskp.all())
+            G, kv, cap, d = self.k[0].shape
+            self.k = [t.new_zeros((G * n, kv, cap - L, d)) for t in self.k]
+            self.v = [t.new_zeros((G * n, kv, cap - L, d)) for t in self.v]
+            self.mask = self.mask[:, L:].repeat_interleave(n, 0)
+            self.pos = self.pos.repeat_interleave(n, 0)
+            self.slot = torch.arange(G * n, device=self.mask.device)
+            self.n, self.offset = n, L
+            return
+        if self.kp is not None:
+            raise RuntimeError("repeat after a shared repeat")
         self.k = [t.repeat_interleave(n, 0) for t in self.k]
         self.v = [t.repeat_interleave(n, 0) for t in self.v]
         self.mask = self.mask.repeat_interleave(n, 0)
@@ -179,3 +252,5 @@ class KVDecoder:
         self.v = [t.index_select(0, keep) for t in self.v]
         self.mask = self.mask.index_select(0, keep)
         self.pos = self.pos.index_select(0, keep)
+        if self.slot is not None:
+            self.slot = self.slot.index_select(0, keep)

@@ -142,9 +142,16 @@ class HFSampler(Sampler):
                                                disable=not self.progress, leave=False)):
                 chunk = flat[start:start + self.batch_size]
                 torch.manual_seed(seed * 1_000_003 + b_idx)
-                enc = tok([p for _, p in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+                # a batch of whole groups (n samples of each prompt) prefills each prompt once
+                # and its n rows share that prefix's cache; the rows and their draws are the same
+                share = n > 1 and len(chunk) % n == 0 and start % n == 0
+                texts = [p for _, p in chunk][::n] if share else [p for _, p in chunk]
+                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
                 ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
                 logits = decoder.prefill(ids, mask, ids.shape[1] + max_new_tokens)
+                if share:
+                    decoder.repeat(n, share=True)
+                    logits = logits.repeat_interleave(n, 0)
                 lps = [[] for _ in chunk] if logprobs else None
                 tokens = self._decode(decoder, logits, temperature, top_p, max_new_tokens, None, None, True, lps)
                 for j, ((i, _), t) in enumerate(zip(chunk, tokens)):
@@ -217,7 +224,7 @@ class HFSampler(Sampler):
                     # positions by column, as the plain forward below numbers them
                     if share_prefix:
                         logits = decoder.prefill(ids, mask, L + max_new_tokens, positions_from_mask=False)
-                        decoder.repeat(n)
+                        decoder.repeat(n, share=True)  # the n rows read their prefix's cache once
                         logits = logits.repeat_interleave(n, 0)
                         prefill = sum(len(p) for p in chunk)
                     else:

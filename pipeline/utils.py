@@ -241,8 +241,24 @@ def start_stage(parser: argparse.ArgumentParser, argv=None) -> tuple[argparse.Na
         if getattr(args, name, None):
             check_writable(getattr(args, name), "--" + name.replace("_", "-"))
     setup_logging(args.log)
+    age = process_age_s()
+    if age is not None:  # what every job pays before its work: the interpreter and the imports
+        logging.getLogger("pipeline").info("start-up: %.1f s from process start to the stage's arguments", age)
     set_threads(args.threads)
     return args, cfg
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started, from Linux's /proc (None where there is none).
+    A job's log then says what its start-up cost (benchmarks/stage_times.py reads it)."""
+    try:
+        # field 22 of /proc/self/stat (starttime, clock ticks after boot); the name in field 2
+        # is in parentheses and may hold spaces, so count from its closing one
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def parse_cfg(arg: str) -> dict:

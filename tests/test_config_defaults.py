@@ -22,7 +22,6 @@ NO_DEFAULT = {
     "sampling.vllm_kv_cache_gib": "vLLM's own rule (a share of GPU memory; on the CPU build nearly all free RAM)",
     "sft.micro_batch_size": "a rank's whole share in one forward",
     "rm.micro_batch_size": "a rank's whole share in one forward",
-    "rl.micro_batch_size": "a rank's whole share in one forward",
     "search.alpha": "the PAV's own alpha",
     **{f"resources.default.{k}": "no such sbatch flag" for k in
        ("slurm_partition", "slurm_account", "constraint", "qos", "slurm_extra")},

@@ -78,6 +78,38 @@ def test_select_and_repeat_keep_each_rows_own_cache(tok):
     torch.testing.assert_close(part.step(nxt[[0, 2, 4]]), whole.step(nxt)[[0, 2, 4]], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("which", ["mha_tied", "gqa_untied", "qwen2_bias"])
+def test_a_shared_prefix_gives_the_logits_of_copied_ones(tok, which):
+    """repeat(n, share=True) keeps one copy of each prefix for its n rows: the same logits as n
+    copies, step by step, with rows finishing (masked) and leaving the batch (select)."""
+    model = {"mha_tied": lambda: tiny(tok), "gqa_untied": lambda: tiny(tok, num_kv_heads=2, tie=False),
+             "qwen2_bias": lambda: qwen2(tok)}[which]()
+    enc = tok(PROMPTS, return_tensors="pt", padding=True, add_special_tokens=False)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    copied, shared = KVDecoder(model), KVDecoder(model)
+    with torch.no_grad():
+        a = copied.prefill(ids, mask, ids.shape[1] + 12).repeat_interleave(3, 0)
+        shared.prefill(ids, mask, ids.shape[1] + 12)
+        copied.repeat(3)
+        shared.repeat(3, share=True)
+        assert shared.k[0].shape[2] == 12 and shared.kp[0].shape[0] == len(PROMPTS)  # no prefix copies
+        for step in range(12):
+            nxt = a.argmax(-1)
+            live = torch.ones(len(nxt), dtype=torch.bool)
+            if step >= 2:
+                live[1] = False  # finished: fed masked padding
+            fed = torch.where(live, nxt, torch.full_like(nxt, tok.pad_token_id))
+            a, b = copied.step(fed, live), shared.step(fed, live)
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+            if step == 5:  # rows leave: whole groups and single rows of others
+                keep = torch.tensor([0, 2, 3, 5, 6, 8, 9, 10, 14])
+                copied.select(keep)
+                shared.select(keep)
+                a = a[keep]
+    with pytest.raises(RuntimeError, match="twice"):
+        shared.repeat(2, share=True)
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_own_loop_gives_generates_tokens_greedy_and_sampled(tok, tie):
     model = tiny(tok, tie=tie, seed=3)
@@ -90,7 +122,12 @@ def test_own_loop_gives_generates_tokens_greedy_and_sampled(tok, tie):
         pairs = [(x.token_ids, y.token_ids) for ra, rb in zip(a, b) for x, y in zip(ra, rb)]
         assert len(pairs) == 20 and all(x == y for x, y in pairs), extra
         assert [[g.text for g in r] for r in a] == [[g.text for g in r] for r in b]
-    assert own.compute.to_dict() == hf.compute.to_dict()
+    # the own loop prefills each prompt once for its n samples (they share its cache); the rest
+    # of the count is the same
+    mine, theirs = own.compute.to_dict(), hf.compute.to_dict()
+    assert mine["prompt_tokens"] * kw["n"] == theirs["prompt_tokens"] and mine["flops"] < theirs["flops"]
+    assert {k: v for k, v in mine.items() if k not in ("prompt_tokens", "flops")} == \
+        {k: v for k, v in theirs.items() if k not in ("prompt_tokens", "flops")}
 
 
 def test_models_it_does_not_run_fall_back_to_the_transformers_forward(tok):

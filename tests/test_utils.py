@@ -210,3 +210,48 @@ def test_seed_everything():
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
     seed_everything(12)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) != a
+
+
+def test_a_stage_logs_its_start_up_and_stage_times_reads_it(tmp_path):
+    """Every job's log says how long it took from process start to its arguments (imports),
+    and benchmarks/stage_times.py puts that beside the job's benchmark time."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import time; time.sleep(0.6)\n"
+            "from pipeline.utils import stage_parser, start_stage\n"
+            "start_stage(stage_parser('x'), ['--cfg', '{}', '--log', sys.argv[1]])\n")
+    log = tmp_path / "logs" / "rl" / "rloo" / "s0.log"
+    subprocess.run([sys.executable, "-c", "import sys\n" + code, str(log)], check=True, capture_output=True)
+    text = log.read_text()
+    assert "start-up:" in text, text
+    age = float(text.split("start-up: ")[1].split(" s")[0])
+    assert 0.6 <= age < 30, age  # at least the sleep before the imports
+    bench = tmp_path / "benchmarks" / "rl" / "rloo" / "s0.tsv"
+    bench.parent.mkdir(parents=True)
+    bench.write_text("s\th:m:s\tmax_rss\n12.5\t0:00:12\t640.0\n")
+    (tmp_path / "benchmarks" / "table2.tsv").write_text("s\th:m:s\tmax_rss\n1.5\t0:00:01\t160.0\n")
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "stage_times.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)],
+                          check=True, capture_output=True, text=True)
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in proc.stdout.splitlines()}
+    assert rows["rl/rloo/s0"][1] == "12.5" and float(rows["rl/rloo/s0"][2]) == pytest.approx(age, abs=0.05)
+    assert rows["table2"][2] == ""  # no log: blank, not zero
+
+
+def test_process_age_is_none_without_proc(monkeypatch):
+    from pathlib import Path
+
+    from pipeline import utils
+
+    real = Path.read_text
+
+    def no_proc(self, *args, **kwargs):  # a machine without Linux's /proc (macOS)
+        if str(self).startswith("/proc"):
+            raise FileNotFoundError(str(self))
+        return real(self, *args, **kwargs)
+
+    assert utils.process_age_s() is not None  # this machine has /proc
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    assert utils.process_age_s() is None

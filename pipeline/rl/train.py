@@ -213,7 +213,9 @@ def main(argv=None) -> None:
             if epoch > 0:
                 rng.shuffle(order)
             for s in range(0, len(order), mb):
-                idx = order[s:s + mb]
+                # shortest first: micro batches (rl.micro_batch_size) then hold sequences of
+                # similar length and pad little; the step's gradient is the same to float rounding
+                idx = sorted(order[s:s + mb], key=lambda i: len(prompt_ids[i]) + len(response_ids[i]))
                 mb_tokens["per_sequence"] = sum(len(response_ids[i]) for i in idx) / len(idx)
                 # one optimizer step on the minibatch (split over ranks and micro batches by
                 # train_batch); the loss is a token mean over all of the minibatch's responses
