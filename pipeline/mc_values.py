@@ -60,12 +60,21 @@ def prefix_success_counts(sampler, prefixes: list[list[int]], n_prompt: list[int
     gens = sampler.generate_from_prefixes(prefixes, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
                                           seed=seed, share_prefix=share_prefix, desc=desc)
     tok = sampler.tokenizer
+    # a response's completions often repeat (the n of one prefix, and those of its later
+    # prefixes): each distinct (record, token sequence) is decoded and judged once
+    outcomes: dict[tuple[int, tuple[int, ...]], int] = {}
+
+    def outcome(record: dict, ids: list[int]) -> int:
+        key = (id(record), tuple(ids))
+        if key not in outcomes:
+            outcomes[key] = judge(record, tok.decode(ids, skip_special_tokens=True), task_cfg)["outcome"]
+        return outcomes[key]
+
     out = []
     for prefix, n_p, record, completions in zip(prefixes, n_prompt, records, gens):
         done = list(prefix[n_p:])
         keep = None if response_budget is None else max(0, response_budget - len(done))
-        out.append(sum(judge(record, tok.decode(done + list(g.token_ids[:keep]), skip_special_tokens=True),
-                             task_cfg)["outcome"] for g in completions))
+        out.append(sum(outcome(record, done + list(g.token_ids[:keep])) for g in completions))
     return out
 
 

@@ -197,3 +197,38 @@ def test_first_pit_labels_each_seed_up_to_its_first_pit(smoke_dir, tmp_path):
     assert truncated > 0  # the smoke policy does fall into pits
     assert summary["n_prefixes"] == full["n_prefixes"] - truncated
     assert summary["compute"]["generated_tokens"] < full["compute"]["generated_tokens"]
+
+
+def test_prefix_success_counts_judges_each_distinct_completion_once_and_counts_as_naive():
+    from pipeline.config import load_preset
+    from pipeline.mc_values import prefix_success_counts
+    from pipeline.task import format_prompt, judge
+    from pipeline.testbed import ArithSpec, generate_split, reference_solution
+
+    task_cfg = load_preset()["task"]
+    tok = build_char_tokenizer()
+    model = build_tiny_llama(tok, TINY, seed=0)
+    records = generate_split(3, ArithSpec(), seed=0, split="test")
+    prefixes, n_prompt, recs = [], [], []
+    for r in records:
+        prompt = tok(format_prompt(r, task_cfg), add_special_tokens=False)["input_ids"]
+        solution = tok(reference_solution(r["meta"]), add_special_tokens=False)["input_ids"]
+        for cut in (0, len(solution) // 2, len(solution)):  # the last: the whole right response
+            prefixes.append(prompt + solution[:cut])
+            n_prompt.append(len(prompt))
+            recs.append(r)
+    budget = len(prefixes[2]) - n_prompt[2]  # the first record's full solution: nothing may be added
+    kw = dict(n=4, temperature=1.0, max_new_tokens=8, seed=3, response_budget=budget)
+    counts = prefix_success_counts(HFSampler(model, tok, batch_size=64, progress=False), prefixes, n_prompt, recs,
+                                   task_cfg, **kw)
+    # the naive count: every completion decoded and judged on its own, from the same draws
+    gens = HFSampler(model, tok, batch_size=64, progress=False).generate_from_prefixes(
+        prefixes, n=4, temperature=1.0, max_new_tokens=8, seed=3)
+    naive = []
+    for p, n_p, r, gs in zip(prefixes, n_prompt, recs, gens):
+        done = p[n_p:]
+        keep = max(0, budget - len(done))
+        naive.append(sum(judge(r, tok.decode(done + g.token_ids[:keep], skip_special_tokens=True), task_cfg)["outcome"]
+                         for g in gs))
+    assert counts == naive
+    assert counts[2] == 4  # the right response with no room left is right in all 4
