@@ -11,7 +11,8 @@ old log-probs of the batch, then 2 optimizer steps of 64 samples (lr 1e-4, no KL
   seconds per iteration from its metrics (`iter_s`).
 - TRL: `GRPOTrainer` with `num_generations=4`, `per_device_train_batch_size=64`,
   `steps_per_generation=2` (one generation of 128 completions feeds 2 steps, so TRL computes the
-  old log-probs with a forward, as ours does), `beta=0`, gradient checkpointing off (TRL's
+  old log-probs with a forward; ours takes them from the sampling pass, `rl.old_logprobs:
+  sampler`), `beta=0`, gradient checkpointing off (TRL's
   default is on; ours does not checkpoint, and a tiny model needs no memory saved); seconds
   between the ends of every second optimizer step. Its reward is the same grader (`pipeline.task.judge`).
 Each side runs `--iterations` iterations in its own process, 2 threads, the first one untimed;
