@@ -77,7 +77,7 @@ class KVDecoder:
         self._unshare()
 
     def _unshare(self) -> None:
-        # shared-prefix state (`repeat(n, share=True)`): the prefix's keys / values once per
+        # shared-prefix state (`repeat(n)`): the prefix's keys / values once per
         # group (G, kv heads, L, head dim), its mask (G, L), each row's slot g * n + j
         self.kp = self.vp = self.maskp = self.slot = None
         self._prefix_full = False
@@ -217,34 +217,28 @@ class KVDecoder:
         self.pos = self.pos + 1
         return logits
 
-    def repeat(self, n: int, share: bool = False) -> None:
-        """Each row n times in a row (n samples from one prefilled prompt). With `share` the
-        prefilled columns are not copied: each group of n rows reads its prefix's keys and
+    def repeat(self, n: int) -> None:
+        """Each row n times in a row (n samples from one prefilled prompt). The prefilled
+        columns are not copied: each group of n rows reads its prefix's keys and
         values once per step (`_shared_attention`; on CPU a decode step's attention is bound by
         reading the cache, benchmarks/bench_sampler.py), and the rows get caches of their own
         for the columns after it. Same logits up to float rounding."""
-        if share and n > 1:
-            if self.kp is not None:
-                raise RuntimeError("repeat(share=True) twice")
-            L = self.length
-            self.kp = [t[:, :, :L].contiguous() for t in self.k]
-            self.vp = [t[:, :, :L].contiguous() for t in self.v]
-            self.maskp = self.mask[:, :L].contiguous()
-            self._prefix_full = bool(self.maskp.all())
-            G, kv, cap, d = self.k[0].shape
-            self.k = [t.new_zeros((G * n, kv, cap - L, d)) for t in self.k]
-            self.v = [t.new_zeros((G * n, kv, cap - L, d)) for t in self.v]
-            self.mask = self.mask[:, L:].repeat_interleave(n, 0)
-            self.pos = self.pos.repeat_interleave(n, 0)
-            self.slot = torch.arange(G * n, device=self.mask.device)
-            self.n, self.offset = n, L
+        if n == 1:
             return
         if self.kp is not None:
-            raise RuntimeError("repeat after a shared repeat")
-        self.k = [t.repeat_interleave(n, 0) for t in self.k]
-        self.v = [t.repeat_interleave(n, 0) for t in self.v]
-        self.mask = self.mask.repeat_interleave(n, 0)
+            raise RuntimeError("repeat twice")
+        L = self.length
+        self.kp = [t[:, :, :L].contiguous() for t in self.k]
+        self.vp = [t[:, :, :L].contiguous() for t in self.v]
+        self.maskp = self.mask[:, :L].contiguous()
+        self._prefix_full = bool(self.maskp.all())
+        G, kv, cap, d = self.k[0].shape
+        self.k = [t.new_zeros((G * n, kv, cap - L, d)) for t in self.k]
+        self.v = [t.new_zeros((G * n, kv, cap - L, d)) for t in self.v]
+        self.mask = self.mask[:, L:].repeat_interleave(n, 0)
         self.pos = self.pos.repeat_interleave(n, 0)
+        self.slot = torch.arange(G * n, device=self.mask.device)
+        self.n, self.offset = n, L
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep only the rows `keep` (indices) in the cache, mask and positions."""

@@ -150,7 +150,7 @@ class HFSampler(Sampler):
                 ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
                 logits = decoder.prefill(ids, mask, ids.shape[1] + max_new_tokens)
                 if share:
-                    decoder.repeat(n, share=True)
+                    decoder.repeat(n)
                     logits = logits.repeat_interleave(n, 0)
                 lps = [[] for _ in chunk] if logprobs else None
                 tokens = self._decode(decoder, logits, temperature, top_p, max_new_tokens, None, None, True, lps)
@@ -169,7 +169,7 @@ class HFSampler(Sampler):
                                compact: bool = True) -> list[list[Generation]]:
         """n continuations of each token-id prefix (MC partial rollouts, VinePPO values, search steps).
 
-        With `share_prefix` the prefix is encoded once and its KV cache is copied n times, so
+        With `share_prefix` the prefix is encoded once and its n rows read its cache (`KVDecoder.repeat`), so
         prefill costs len(prefix) instead of n * len(prefix) tokens; `share_prefix=False` is the
         naive way (n copies encoded), kept for the benchmark. Decoding is a plain loop over the
         cache: sample from softmax(logits / T) with optional nucleus filtering, stop at EOS.
@@ -224,7 +224,7 @@ class HFSampler(Sampler):
                     # positions by column, as the plain forward below numbers them
                     if share_prefix:
                         logits = decoder.prefill(ids, mask, L + max_new_tokens, positions_from_mask=False)
-                        decoder.repeat(n, share=True)  # the n rows read their prefix's cache once
+                        decoder.repeat(n)  # the n rows read their prefix's cache once
                         logits = logits.repeat_interleave(n, 0)
                         prefill = sum(len(p) for p in chunk)
                     else:

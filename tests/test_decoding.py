@@ -80,7 +80,7 @@ def test_select_and_repeat_keep_each_rows_own_cache(tok):
 
 @pytest.mark.parametrize("which", ["mha_tied", "gqa_untied", "qwen2_bias"])
 def test_a_shared_prefix_gives_the_logits_of_copied_ones(tok, which):
-    """repeat(n, share=True) keeps one copy of each prefix for its n rows: the same logits as n
+    """repeat(n) keeps one copy of each prefix for its n rows: the same logits as n
     copies, step by step, with rows finishing (masked) and leaving the batch (select)."""
     model = {"mha_tied": lambda: tiny(tok), "gqa_untied": lambda: tiny(tok, num_kv_heads=2, tie=False),
              "qwen2_bias": lambda: qwen2(tok)}[which]()
@@ -88,10 +88,10 @@ def test_a_shared_prefix_gives_the_logits_of_copied_ones(tok, which):
     ids, mask = enc["input_ids"], enc["attention_mask"]
     copied, shared = KVDecoder(model), KVDecoder(model)
     with torch.no_grad():
-        a = copied.prefill(ids, mask, ids.shape[1] + 12).repeat_interleave(3, 0)
+        # the reference: every prompt encoded 3 times, each copy with a cache of its own
+        a = copied.prefill(ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0), ids.shape[1] + 12)
         shared.prefill(ids, mask, ids.shape[1] + 12)
-        copied.repeat(3)
-        shared.repeat(3, share=True)
+        shared.repeat(3)
         assert shared.k[0].shape[2] == 12 and shared.kp[0].shape[0] == len(PROMPTS)  # no prefix copies
         for step in range(12):
             nxt = a.argmax(-1)
@@ -107,7 +107,7 @@ def test_a_shared_prefix_gives_the_logits_of_copied_ones(tok, which):
                 shared.select(keep)
                 a = a[keep]
     with pytest.raises(RuntimeError, match="twice"):
-        shared.repeat(2, share=True)
+        shared.repeat(2)
 
 
 @pytest.mark.parametrize("tie", [True, False])
