@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .registry import is_testbed
 from .rl_summary import final_val, iterations_to_target, mean_curve
 from .rl_summary import efficiency as iteration_efficiency
 from .search_table import efficiency as token_efficiency
@@ -392,7 +393,7 @@ def main(argv=None) -> None:
         summary = read_json(Path(pool_paths[args.search_policy]).with_suffix(".summary.json"))
         per_sample = summary["compute"]["generated_tokens"] / (len(sp) * len(sp[0]["outcome"]))
         rows += search_claims(search_rows, sp, per_sample, int(vc["n_subsets"]), seed, n_boot)
-    if task_cfg["name"] == "arith":
+    if is_testbed(task_cfg):
         rows += step_claims(pools, scores, n_boot, seed)
     df = pd.DataFrame(rows, columns=COLUMNS)
     write_csv(df, args.out)

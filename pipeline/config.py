@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from jsonschema import Draft202012Validator
 
-from .registry import (IMPLICIT_LOSSES, KIND_NOUNS, PAIR_LOSSES, REWARD_MODELS, RL_METHODS, likelihood_verifier_names,
+from .registry import (IMPLICIT_LOSSES, TESTBEDS, is_testbed, KIND_NOUNS, PAIR_LOSSES, REWARD_MODELS, RL_METHODS, likelihood_verifier_names,
                        method_sections, reward_model_kind)
 from .registry import rl_reward_model as _method_reward_model
 
@@ -152,13 +152,13 @@ def name_problems(cfg: dict) -> list[str]:
 def policy_names(cfg: dict) -> set[str]:
     """Policies a rule may name: the SFT tiers on the testbed, plus any given as dir/hub id."""
     names = set(cfg.get("policies", {}))
-    if cfg["task"]["name"] == "arith":
+    if is_testbed(cfg["task"]):
         names |= set(cfg["sft"]["tiers"])
     return names
 
 
 def data_splits(cfg: dict) -> list[str]:
-    if cfg["task"]["name"] == "arith":
+    if is_testbed(cfg["task"]):
         return list(SFT_SPLITS)
     return list(cfg["task"].get("sources", {}))
 
@@ -169,7 +169,7 @@ TARGETS = ("table1", "table2", "table3", "table4", "claims", "mc_labels", "rewar
 def targets(cfg: dict) -> list[str]:
     """The experiments the default target builds: `targets` when set, else all of them (table4
     only on the testbed, whose ground-truth step labels it needs)."""
-    return list(cfg.get("targets") or [t for t in TARGETS if t != "table4" or cfg["task"]["name"] == "arith"])
+    return list(cfg.get("targets") or [t for t in TARGETS if t != "table4" or is_testbed(cfg["task"])])
 
 
 def default_targets(cfg: dict, out: str) -> list[str]:
@@ -188,14 +188,15 @@ def default_targets(cfg: dict, out: str) -> list[str]:
 def semantic_problems(cfg: dict) -> list[str]:
     problems = []
     task = cfg["task"]
-    if task["name"] == "arith":
-        if "arith" not in task:
-            problems.append("config key task.arith: required when task.name is 'arith'")
+    if is_testbed(task):
+        name = task["name"]
+        if name not in task:
+            problems.append(f"config key task.{name}: required when task.name is {name!r}")
         else:
-            a = task["arith"]
-            for k in ("chain_len", "ood_chain_len"):
-                if a[k][0] > a[k][1]:
-                    problems.append(f"config key task.arith.{k}: range {a[k]} is empty (min > max)")
+            block = task[name]
+            for k in {"arith": ("chain_len", "ood_chain_len"), "countdown": ("n_numbers", "ood_n_numbers")}[name]:
+                if block[k][0] > block[k][1]:
+                    problems.append(f"config key task.{name}.{k}: range {block[k]} is empty (min > max)")
     elif not task.get("sources"):
         problems.append("config key task.sources: real-data tasks need at least one split source")
     names = policy_names(cfg)
@@ -278,8 +279,9 @@ def semantic_problems(cfg: dict) -> list[str]:
         for need in ("train", "val"):
             if need not in splits:
                 problems.append(f"config key task.sources: RL needs a {need!r} split")
-    if "table4" in targets(cfg) and task["name"] != "arith":
-        problems.append("config key targets: table4 needs the testbed's ground-truth step labels (task.name arith)")
+    if "table4" in targets(cfg) and not is_testbed(task):
+        problems.append("config key targets: table4 needs a testbed's ground-truth step labels "
+                        f"(task.name one of {', '.join(TESTBEDS)})")
     for section in ("sft", "rm", "rl"):
         tc = cfg[section]
         if tc.get("offload_optimizer") and int(tc.get("zero_stage", 0)) == 0:

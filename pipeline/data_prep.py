@@ -1,8 +1,9 @@
 """Stage: data preparation. Writes one JSONL of records per split into --out.
 
-- task.name == "arith": the synthetic testbed, generated from fixed seeds. Eval splits are
-  drawn first and excluded from train, so no test problem is ever trained on; `ood` uses the
-  longer `ood_chain_len`. `task.arith.answer_format` (default "value") picks the answer line:
+- a synthetic testbed (`task.name` in `registry.TESTBEDS`: arith, countdown), generated from
+  fixed seeds by its module. Eval splits are drawn first and excluded from train, so no test
+  problem is ever trained on; `ood` is harder (arith: the longer `ood_chain_len`; countdown:
+  `ood_n_numbers`). `task.arith.answer_format` (default "value") picks the answer line:
   the final value, or in "longform" the running value after every operation ("7 4 9"); it
   changes only how answers and solutions are written, not which problems are drawn, and
   value-format data are byte-identical to data made before the option existed.
@@ -14,23 +15,23 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .testbed import ArithSpec, generate_split
+from .registry import is_testbed, testbed_module
 from .utils import stage_parser, start_stage, write_json, write_jsonl
 
 log = logging.getLogger("pipeline.data_prep")
 SPLITS = ("train", "val", "test", "ood")
 
 
-def arith_splits(task_cfg: dict, seed: int) -> dict[str, list[dict]]:
-    a = task_cfg["arith"]
-    spec = ArithSpec.from_cfg(a)  # carries answer_format; so does the OOD spec
-    ood_spec = ArithSpec.from_cfg(a, chain_key="ood_chain_len")
-    sizes = a["sizes"]
+def testbed_splits(task_cfg: dict, seed: int) -> dict[str, list[dict]]:
+    module = testbed_module(task_cfg)
+    block = task_cfg[task_cfg["name"]]
+    spec, ood_spec = module.specs(block)  # arith: both carry answer_format
+    sizes = block["sizes"]
     out: dict[str, list[dict]] = {}
     taken: set[str] = set()
     for i, split in enumerate(("test", "val", "ood", "train")):
-        records = generate_split(int(sizes[split]), ood_spec if split == "ood" else spec,
-                                 seed=seed * 7919 + i, split=split, exclude=taken)
+        records = module.generate_split(int(sizes[split]), ood_spec if split == "ood" else spec,
+                                        seed=seed * 7919 + i, split=split, exclude=taken)
         taken |= {r["problem"] for r in records}
         out[split] = records
     return out
@@ -53,7 +54,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", required=True, help="output directory for <split>.jsonl")
     args, cfg = start_stage(p, argv)
     task_cfg, seed = cfg["task"], int(cfg["seed"])
-    splits = arith_splits(task_cfg, seed) if task_cfg["name"] == "arith" else real_splits(task_cfg)
+    splits = testbed_splits(task_cfg, seed) if is_testbed(task_cfg) else real_splits(task_cfg)
     out = Path(args.out)
     summary = {}
     for split, records in splits.items():

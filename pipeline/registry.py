@@ -1,4 +1,4 @@
-"""What exists: the online-RL methods and the reward models, by name. Everything else derives
+"""What exists: the synthetic tasks, the online-RL methods and the reward models, by name. Everything else derives
 from these two tables: the schema's enums (`pipeline.config` fills them in), which `rl.<section>`
 config blocks reach which RL jobs (`method_view`, used by rl.smk), which methods read a trained
 reward model and of which kind (`rl_reward_model`), which class holds each reward-model kind
@@ -12,6 +12,26 @@ Adding an RL method: a module under pipeline/rl/ with a class derived from
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# Synthetic tasks with exact ground truth for any response (outcome, step labels, first error):
+# task.name -> the module that draws their splits (`specs`, `generate_split`) and checks
+# responses (`check_response`). SFT tiers, table 4 and the step claims exist only for these;
+# any other task.name reads real data through pipeline/loaders.py.
+TESTBEDS: dict[str, str] = {
+    "arith": "pipeline.testbed",      # arithmetic chains mod m: checking a step is writing it
+    "countdown": "pipeline.countdown",  # reach a target from given numbers: checking is easier than searching
+}
+
+
+def is_testbed(task: dict) -> bool:
+    """Is the `task` config section one of the synthetic testbeds (ground-truth step labels)?"""
+    return task["name"] in TESTBEDS
+
+
+def testbed_module(task: dict):
+    import importlib
+
+    return importlib.import_module(TESTBEDS[task["name"]])
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,15 @@
 response is judged. Stages never special-case the testbed beyond calling these.
 
 A record is {"id", "problem", "answer", "source", ...}; testbed records also carry "meta"
-(operands and operators) from which the checker derives ground-truth step labels.
+(arith: operands and operators; countdown: numbers, target) from which the testbed's checker
+derives ground-truth step labels.
 """
 from __future__ import annotations
 
 from .grader import grade
 from .loaders import numeric_tolerance
+from .registry import is_testbed, testbed_module
 from .steps import split_steps
-from .testbed import check_response
 
 
 def format_prompt(record: dict, task_cfg: dict) -> str:
@@ -26,8 +27,8 @@ def judge(record: dict, response: str, task_cfg: dict) -> dict:
     "process_correct"}."""
     delimiter = task_cfg["step_delimiter"]
     result: dict = {"n_steps": len(split_steps(response, delimiter))}
-    if task_cfg.get("name") == "arith" and "meta" in record:
-        result.update(check_response(response, record["meta"], delimiter))
+    if is_testbed(task_cfg) and "meta" in record:
+        result.update(testbed_module(task_cfg).check_response(response, record["meta"], delimiter))
         result["outcome"] = int(result["outcome"])
     else:
         # a benchmark's own numeric tolerance (Minerva Math: 1% relative), exact for the rest

@@ -63,6 +63,11 @@ class ArithSpec:
                    answer_format=str(cfg["answer_format"]))
 
 
+def specs(cfg: dict) -> tuple[ArithSpec, ArithSpec]:
+    """The in-distribution and OOD specs of a `task.arith` block (OOD: the longer chains)."""
+    return ArithSpec.from_cfg(cfg), ArithSpec.from_cfg(cfg, chain_key="ood_chain_len")
+
+
 def _check_format(answer_format: str) -> None:
     if answer_format not in ANSWER_FORMATS:
         raise ValueError(f"unknown answer format {answer_format!r}; allowed: {', '.join(ANSWER_FORMATS)}")

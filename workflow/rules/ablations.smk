@@ -210,7 +210,7 @@ if "mc_label" in ABL:
 
     def mcl_outputs():
         out = {"rows": f"{MCL_DIR}/labels.jsonl", "summary": f"{MCL_DIR}/labels.summary.json"}
-        if config["task"]["name"] == "arith":
+        if is_testbed(config["task"]):
             out["agreement"] = f"{MCL_DIR}/labels.agreement.csv"
         return out
 

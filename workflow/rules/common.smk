@@ -6,6 +6,7 @@ import shlex
 import sys
 
 from pipeline.config import ConfigError, backend_import_problem, data_splits, rl_reward_model, validate_config
+from pipeline.registry import is_testbed
 
 # The default preset, found next to the Snakefile whatever the working directory
 # (--directory); --configfile/--config values are merged over it.

@@ -3,7 +3,7 @@ MC = config["mc_label"]
 
 def mc_outputs(wc=None):
     out = {"rows": f"{OUT}/mc/{{policy}}/{{split}}.jsonl", "summary": f"{OUT}/mc/{{policy}}/{{split}}.summary.json"}
-    if config["task"]["name"] == "arith":  # ground-truth agreement only where step labels exist
+    if is_testbed(config["task"]):  # ground-truth agreement only where step labels exist
         out["agreement"] = f"{OUT}/mc/{{policy}}/{{split}}.agreement.csv"
     return out
 

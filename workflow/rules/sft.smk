@@ -1,4 +1,4 @@
-TIERS = list(config["sft"]["tiers"]) if config["task"]["name"] == "arith" else []
+TIERS = list(config["sft"]["tiers"]) if is_testbed(config["task"]) else []
 
 
 rule sft:

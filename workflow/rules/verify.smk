@@ -3,7 +3,7 @@ VERIFY = config["verify"]
 VERIFY_GENS = list(VERIFY["generators"])
 VERIFY_RMS = list(config["rm"]["models"]) + LIKELIHOOD_RMS  # trained reward models, then the untrained baselines
 VERIFY_CALIB = f"{OUT}/rollouts/{config['rm']['data_policy']}/{VERIFY['calib_split']}.jsonl"
-IS_TESTBED = config["task"]["name"] == "arith"
+IS_TESTBED = is_testbed(config["task"])
 
 
 def pool_cfg(wc):
