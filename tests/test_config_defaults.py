@@ -14,6 +14,7 @@ from pipeline.config import REPO, apply_defaults, load_preset, load_schema
 NO_DEFAULT = {
     "task.prompt_template": "the testbed's bare prompt",
     "task.sources": "real-data tasks only",
+    "task.countdown": "the Countdown testbed's block: config/countdown.yaml sets every key of it",
     "targets": "every experiment",
     "policies": "the testbed's SFT tiers",
     "prompt_templates": "each policy samples in task.prompt_template",
@@ -43,7 +44,7 @@ def leaf_keys(schema: dict, node: dict, cfg, path=()):
         if path == ("resources",) and key != "default":
             continue
         present = isinstance(cfg, dict) and key in cfg
-        if sub.get("type") == "object" and "properties" in sub and key != "grid":
+        if sub.get("type") == "object" and "properties" in sub and key != "grid" and ".".join(here) not in NO_DEFAULT:
             yield from leaf_keys(schema, sub, cfg.get(key, {}) if isinstance(cfg, dict) else {}, here)
         else:
             yield ".".join(here), "default" in sub, present

@@ -180,7 +180,7 @@ def test_vineppo_published_setting():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"targets": ["table4"]}, "config key targets: table4 needs the testbed"),
+    ({"targets": ["table4"]}, "config key targets: table4 needs a testbed's ground-truth step labels"),
     ({"targets": ["table9"]}, "config key targets.0"),
     ({"rm": {"zero_stage": 0}}, "config key rm.offload_optimizer: needs ZeRO"),
     ({"resources": {"bon_pool": {"gpu": 2}}},
