@@ -20,8 +20,8 @@ include: "workflow/rules/rl.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/tables.smk"
 include: "workflow/rules/verify.smk"
-include: "workflow/rules/claims.smk"
 include: "workflow/rules/ablations.smk"
+include: "workflow/rules/claims.smk"  # after ablations: it reads two implicit_prm cells
 
 
 rule all:

@@ -10,6 +10,8 @@ that vary between reruns:
   Sample-efficiency ratios resample the seeds of each method's validation curves.
 - Verifier claims (table 1): prompts (`table1_prompts.csv`: each prompt's best-of-N accuracy,
   averaged over the subset draws), shared by the verifiers compared.
+- Data-scaling claims of the Implicit PRM paper (the `implicit_prm` ablation grid's cells, each
+  scored on table 1's pools): prompts, shared by the two models compared.
 - Search claims (table 3): prompts of the beam searches and of the best-of-N pool.
 - Step accuracy against the testbed's truth (table 4): solutions.
 
@@ -32,7 +34,8 @@ from .rl_summary import final_val, iterations_to_target, mean_curve
 from .rl_summary import efficiency as iteration_efficiency
 from .search_table import efficiency as token_efficiency
 from .utils import parse_pairs, read_json, read_jsonl, stage_parser, start_stage, write_csv
-from .verify import attach_scores, draw_outcomes, draw_subsets, load_pool, m_best_of_n, prompt_accuracies
+from .verify import (attach_scores, best_aggregation, draw_outcomes, draw_subsets, load_pool, m_best_of_n, m_random,
+                     prompt_accuracies, score_aggregations)
 
 log = logging.getLogger("pipeline.claims")
 
@@ -286,6 +289,46 @@ def verifier_claims(prompts: pd.DataFrame, rms: dict[str, dict], generator: str,
     return out
 
 
+def pool_prompt_accuracy(pools: dict[str, list[dict]], scores_dir: str | Path | None, key: str, metrics: dict | None,
+                         n_values: list[int], n_subsets: int, seed: int) -> dict[str, float]:
+    """Each prompt's best-of-N accuracy, as table 1 computes it (the model's best aggregation on
+    held-out AUROC, the same subset draws), averaged over the generators' pools and N. With
+    `scores_dir` None: a random pick (pass@1)."""
+    acc: dict[str, list[float]] = {}
+    for gen, gen_pools in pools.items():
+        if scores_dir is None:
+            method = m_random
+        else:
+            aggs = score_aggregations(bool(read_json(Path(scores_dir) / "meta.json")["scores_are_probabilities"]))
+            attach_scores(gen_pools, Path(scores_dir) / f"{gen}.jsonl", key, aggs)
+            method = m_best_of_n(f"{key}:{best_aggregation(metrics, aggs)}")
+        for n in n_values:
+            subsets = draw_subsets(len(gen_pools[0]["outcome"]), n, n_subsets, len(gen_pools), seed)
+            for pool, a in zip(gen_pools, prompt_accuracies(draw_outcomes(gen_pools, subsets, method))):
+                acc.setdefault(pool["id"], []).append(a)
+    return {pid: sum(v) / len(v) for pid, v in sorted(acc.items())}
+
+
+def data_scaling_claims(one: dict[str, float], many: dict[str, float], untrained: dict[str, float], r: int,
+                        n_responses: int, untrained_name: str, n_boot: int, seed: int) -> list[dict]:
+    """The Implicit PRM paper's data claims from two cells of its grid trained on the same number
+    of responses (`n_responses`): one response for each instruction (`one`) and r for a 1/r
+    share of the instructions (`many`); `untrained` is the model CE starts from, scored the same
+    way (prompt -> best-of-N accuracy, as `pool_prompt_accuracy` gives)."""
+    ids = sorted(set(one) & set(many) & set(untrained))
+    a, b, u = [one[i] for i in ids], [many[i] for i in ids], [untrained[i] for i in ids]
+    measure = "best-of-N accuracy over all generators and N, "
+    return [
+        row("CE works with one response per instruction", "Implicit PRM", "CE trains with 1 response / instruction",
+            measure + f"CE on 1 response x {n_responses} instructions - {untrained_name} (untrained)",
+            prompt_difference(a, u, n_boot, seed), "> 0", 1e-9, n_seeds="1", n_units=len(ids), source="ablations"),
+        row("More responses per instruction help more than more instructions", "Implicit PRM",
+            "responses / instruction > instructions",
+            measure + f"CE on {r} responses x {n_responses // r} instructions - 1 x {n_responses}",
+            prompt_difference(b, a, n_boot, seed), "> 0", 1e-9, n_seeds="1", n_units=len(ids), source="ablations"),
+    ]
+
+
 def search_claims(search_rows: dict[tuple[str, int], list[dict]], pools: list[dict], tokens_per_sample: float,
                   n_subsets: int, seed: int, n_boot: int) -> list[dict]:
     """PAV's search claims from the beam-search rows ({(verifier, width): rows}) and the search
@@ -368,6 +411,13 @@ def main(argv=None) -> None:
     p.add_argument("--search", nargs="*", default=[], help="verifier:width=search rows JSONL")
     p.add_argument("--search-policy", required=True,
                    help="search.policy: the generator whose pool beam search, and the likelihood comparison, use")
+    p.add_argument("--scaling", nargs=4, metavar=("METRICS_ONE", "SCORES_ONE", "METRICS_MANY", "SCORES_MANY"),
+                   default=None, help="two cells of the implicit_prm grid trained on as many responses: 1 per "
+                   "instruction, and r for 1/r of the instructions; each its metrics.json and its scores folder over "
+                   "the pools (the data-scaling claims)")
+    p.add_argument("--scaling-untrained", default=None,
+                   help="the untrained model those cells start from: a name in --scores / --rm-metrics, or "
+                        "'random' (pass@1; what an implicit PRM scored with its reference is before training)")
     p.add_argument("--out", required=True)
     args, cfg = start_stage(p, argv)
     task_cfg, vc = cfg["task"], cfg["verify"]
@@ -393,6 +443,19 @@ def main(argv=None) -> None:
         summary = read_json(Path(pool_paths[args.search_policy]).with_suffix(".summary.json"))
         per_sample = summary["compute"]["generated_tokens"] / (len(sp) * len(sp[0]["outcome"]))
         rows += search_claims(search_rows, sp, per_sample, int(vc["n_subsets"]), seed, n_boot)
+    if args.scaling:
+        cells = [read_json(m) for m in args.scaling[0::2]]
+        ns, n_sub = [int(n) for n in vc["n_values"]], int(vc["n_subsets"])
+        acc = [pool_prompt_accuracy(pools, d, f"scaling{i}", m, ns, n_sub, seed)
+               for i, (d, m) in enumerate(zip(args.scaling[1::2], cells))]
+        base = args.scaling_untrained or "random"
+        untrained = (pool_prompt_accuracy(pools, None, base, None, ns, n_sub, seed) if base == "random" else
+                     pool_prompt_accuracy(pools, scores[base], base, rms[base], ns, n_sub, seed))
+        one, many = (int(c["ablation"]["n_rows"]) for c in cells)
+        if one != many:
+            raise SystemExit(f"--scaling: the cells trained on {one} and {many} responses; the claim compares equal counts")
+        r = int(cells[1]["ablation"]["responses_per_instruction"])
+        rows += data_scaling_claims(acc[0], acc[1], untrained, r, one, base, n_boot, seed)
     if is_testbed(task_cfg):
         rows += step_claims(pools, scores, n_boot, seed)
     df = pd.DataFrame(rows, columns=COLUMNS)

@@ -357,6 +357,22 @@ def is_default_cell(cfg: dict, grid: str, cell: dict) -> bool:
     return all(AXIS_TYPES[a](cell[a]) == AXIS_TYPES[a](d[a]) for a in ABLATION_AXES[grid] if a != "loss")
 
 
+def data_scaling_pair(cells: list[dict]) -> tuple[int, int] | None:
+    """Indices of two implicit_prm grid cells that train on the same number of responses, for the
+    Implicit PRM paper's data claims (claims.csv): one response for every instruction, and r > 1
+    responses for a 1/r share of the instructions, same loss and beta. The first such pair in
+    grid order, or None when the grid has none."""
+    for i, one in enumerate(cells):
+        if int(one["responses_per_instruction"]) != 1 or float(one["instruction_frac"]) != 1.0:
+            continue
+        for j, many in enumerate(cells):
+            r = int(many["responses_per_instruction"])
+            if (r > 1 and abs(float(many["instruction_frac"]) * r - 1.0) < 1e-9 and many["loss"] == one["loss"]
+                    and float(many["beta"]) == float(one["beta"])):
+                return i, j
+    return None
+
+
 def ablation_problems(cfg: dict, names: set[str]) -> list[str]:
     problems = []
     n_samples = cfg["rollouts"]["n_samples"]

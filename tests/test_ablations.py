@@ -325,7 +325,7 @@ def test_factors_grid_adds_only_what_each_factor_needs(tmp_path):
 def test_every_smoke_grid_plans(tmp_path):
     targets = [f"results/ablations/{g}.csv" for g in ("implicit_prm", "mc_label", "pav_rl", "vineppo", "factors")]
     jobs = planned_jobs(tmp_path, *targets, "--configfile", str(SMOKE))
-    assert jobs["ablation_table"] == 5 and jobs["ablation_implicit_prm"] == 2 and jobs["ablation_factors"] == 3
+    assert jobs["ablation_table"] == 5 and jobs["ablation_implicit_prm"] == 3 and jobs["ablation_factors"] == 3
     assert jobs["ablation_mc_label"] == 1 and jobs["ablation_mc_pav"] == 1 and jobs["ablation_rl"] == 2
 
 
@@ -341,17 +341,17 @@ def test_smoke_implicit_grid_builds_end_to_end(smoke_dir, tmp_path):
     res = smoke_dir / "results"
     df = pd.read_csv(res / "ablations" / "implicit_prm.csv")
     cfg = load_preset(SMOKE)
-    assert len(df) == len(ablation_grid(cfg, "implicit_prm")) == 3
+    assert len(df) == len(ablation_grid(cfg, "implicit_prm")) == 4
     assert df["auroc_min"].between(0, 1).all() and (df["total_flops"] > 0).all()
-    # the default cell is the main DAG's implicit PRM; the subsample cell pays for half the data
+    # the default cell is the main DAG's implicit PRM; the one-response cell pays for half the data
     main = json.loads((res / "rm" / "implicit_ce_inst" / "metrics.json").read_text())
     assert df.loc[0, "auroc_min"] == pytest.approx(main["auroc_min"], abs=1e-4)
     sub = df[df["responses_per_instruction"] == 1].iloc[0]
     n_prompts = cfg["rollouts"]["n_prompts"]
-    assert sub["n_instructions"] == round(0.5 * n_prompts)
-    cell = res / "ablations/implicit_prm/loss~ce_inst/beta~0.05/responses_per_instruction~1/instruction_frac~0.5"
+    assert sub["n_instructions"] == n_prompts
+    cell = res / "ablations/implicit_prm/loss~ce_inst/beta~0.05/responses_per_instruction~1/instruction_frac~1.0"
     m = json.loads((cell / "metrics.json").read_text())
-    assert m["ablation"]["n_rows"] == round(0.5 * n_prompts) and m["data_fraction"] == pytest.approx(
+    assert m["ablation"]["n_rows"] == n_prompts and m["data_fraction"] == pytest.approx(
         m["ablation"]["n_rows"] / m["ablation"]["n_rows_available"])
     assert (res / "ablations" / "implicit_prm.png").stat().st_size > 5_000
     # best-of-N at table1's largest N on each generator's pool; the default cell's equals what
@@ -376,6 +376,6 @@ def test_smoke_implicit_grid_builds_end_to_end(smoke_dir, tmp_path):
     assert planned_jobs(smoke_dir, "results/ablations/implicit_prm.csv", "--configfile", str(SMOKE)) == {}
     # another beta for one cell: that cell's training and the table, nothing sampled, nothing else retrained
     grid = cfg["ablations"]["implicit_prm"]["grid"]
-    changed = overlay(smoke_dir, {"ablations": {"implicit_prm": {"grid": [dict(grid[0], beta=[0.05, 0.2]), grid[1]]}}})
+    changed = overlay(smoke_dir, {"ablations": {"implicit_prm": {"grid": [dict(grid[0], beta=[0.05, 0.2]), *grid[1:]]}}})
     assert planned_jobs(smoke_dir, "results/ablations/implicit_prm.csv", "--configfile", str(SMOKE), changed) == {
         "ablation_implicit_prm": 1, "ablation_rm_scores": 1, "ablation_table": 1}

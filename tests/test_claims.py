@@ -140,3 +140,48 @@ def test_verifier_claims_pick_families_on_heldout_auroc_not_on_the_table():
     assert out["Implicit PRM (best of its losses) at least matches the Math-Shepherd MC-PRM"]["verdict"] == "not reproduced"
     base = out["A trained MC-PRM ranks better than the generator's own likelihood"]
     assert base["ours"] == pytest.approx(-0.05) and base["verdict"] == "not reproduced"
+
+
+def test_data_scaling_pair_finds_equal_counts_of_the_same_loss():
+    from pipeline.config import data_scaling_pair
+
+    def cell(loss, rpi, frac, beta=0.05):
+        return {"loss": loss, "beta": beta, "responses_per_instruction": rpi, "instruction_frac": frac}
+    cells = [cell("ce", 4, 1.0), cell("ce", 1, 0.25), cell("dpo", 4, 0.25), cell("ce", 4, 0.5), cell("ce", 1, 1.0),
+             cell("ce", 4, 0.25, beta=0.5), cell("ce", 4, 0.25)]
+    # (1, 1.0) meets (4, 0.25) of the same loss and beta; DPO's, beta 0.5's and (4, 0.5) do not count
+    assert data_scaling_pair(cells) == (4, 6)
+    assert data_scaling_pair(cells[:6]) is None
+    assert data_scaling_pair([cell("ce", 1, 1.0), cell("ce", 2, 0.5)]) == (0, 1)
+
+
+def test_pool_prompt_accuracy_and_the_data_scaling_rows(tmp_path):
+    """Two prompts of 4 samples; a model whose scores pick the right sample wherever it can, one
+    that picks a wrong one: best-of-N accuracy by hand, then the two rows' differences."""
+    import json
+
+    from pipeline.claims import data_scaling_claims, pool_prompt_accuracy
+    from pipeline.utils import write_jsonl
+
+    outcomes = {"p0": [0, 1, 0, 0], "p1": [1, 1, 0, 0]}
+    pools = {"medium": [{"id": pid, "outcome": o, "answer": ["x"] * 4,
+                         "rows": [{"sample_idx": i} for i in range(4)]} for pid, o in outcomes.items()]}
+
+    def model(name, good):
+        d = tmp_path / name
+        d.mkdir()
+        write_jsonl(d / "medium.jsonl", [{"id": pid, "sample_idx": i, "step_scores": [float(o[i] if good else -o[i])]}
+                                         for pid, o in outcomes.items() for i in range(4)])
+        (d / "meta.json").write_text(json.dumps({"scores_are_probabilities": False}))
+        return d
+    metrics = {"within_prompt_auroc_min": 0.9}
+    good = pool_prompt_accuracy(pools, model("good", True), "g", metrics, [4], 8, 0)
+    bad = pool_prompt_accuracy(pools, model("bad", False), "b", metrics, [4], 8, 0)
+    rand = pool_prompt_accuracy(pools, None, "random", None, [4], 8, 0)
+    assert good == {"p0": 1.0, "p1": 1.0} and bad == {"p0": 0.0, "p1": 0.0}
+    assert rand == {"p0": 0.25, "p1": 0.5}  # N = pool size: one draw, the mean outcome
+    one_row, many_row = data_scaling_claims(bad, good, rand, 4, 256, "random", 100, 0)
+    assert one_row["ours"] == pytest.approx(-0.375) and one_row["verdict"] == "not reproduced"
+    assert "1 response x 256 instructions" in one_row["measure"]
+    assert many_row["ours"] == pytest.approx(1.0) and many_row["verdict"] == "reproduced"
+    assert "4 responses x 64 instructions" in many_row["measure"]

@@ -169,7 +169,12 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
             "JEPO (no verifier) is within a few points of verifier RL",
             "Implicit PRM (best of its losses) at least matches the Math-Shepherd MC-PRM",
             "PAV beam search is more compute-efficient than ORM best-of-N",
-            "PAV-guided search is more accurate than Q-value (PRM) search"} <= set(claims["claim"])
+            "PAV-guided search is more accurate than Q-value (PRM) search",
+            "CE works with one response per instruction",
+            "More responses per instruction help more than more instructions"} <= set(claims["claim"])
+    scaling = claims[claims["source"] == "ablations"]
+    n = cfg["rollouts"]["n_prompts"]  # 1 response x every instruction against 2 x half of them
+    assert scaling["measure"].str.contains(f"1 response x {n} instructions").all() and (scaling["n_seeds"] == 1).all()
     assert set(claims["verdict"]) <= {"reproduced", "not reproduced", "inconclusive"}
     ok = claims.dropna(subset=["ci_lo", "ci_hi"])
     assert len(ok) == len(claims) and (ok["ci_lo"] <= ok["ci_hi"]).all()  # (a percentile interval need not hold the point)
@@ -224,7 +229,8 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ro_change)) == {
         "rollouts": 2, "mc_label": 1, "train_rm": 7, "likelihood_verifier": 1, "score_pool": 8, "verify_tables": 1,
         # (train and held-out rollouts; the likelihood baseline's held-out metrics and calibration scores)
-        "beam_search": 3, "table3": 1, "rl": 2, "evaluate": 2, "table2": 1, "claims": 1}
+        "beam_search": 3, "table3": 1, "rl": 2, "evaluate": 2, "table2": 1, "claims": 1,
+        "ablation_implicit_prm": 2, "ablation_rm_scores": 2}  # claims.csv's data-scaling pair
     # an MC knob: the labelling and the reward models trained on its labels (not the ORM)
     mc_change = overlay(tmp_path, "mc", {"mc_label": {"n_mc": 3}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(mc_change)) == {
@@ -234,13 +240,14 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     rm_change = overlay(tmp_path, "rm", {"rm": {"lr": 0.001}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rm_change)) == {
         "train_rm": 7, "score_pool": 7, "verify_tables": 1, "beam_search": 3, "table3": 1,  # the ORM picks every beam's answer
-        "rl": 2, "evaluate": 2, "table2": 1, "claims": 1}  # PAV-RL, PRIME frozen
+        "rl": 2, "evaluate": 2, "table2": 1, "claims": 1,  # PAV-RL, PRIME frozen
+        "ablation_implicit_prm": 2, "ablation_rm_scores": 2}  # claims.csv's data-scaling pair
     # how pools are evaluated: the tables only, no rescoring; the pools themselves: sample, score, tables
     ver_change = overlay(tmp_path, "ver", {"verify": {"n_subsets": 4}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ver_change)) == {"verify_tables": 1, "table3": 1, "claims": 1}
     pool_change = overlay(tmp_path, "pool", {"verify": {"temperature": 0.8}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(pool_change)) == {
-        "bon_pool": 3, "score_pool": 8, "verify_tables": 1, "table3": 1, "claims": 1}
+        "bon_pool": 3, "score_pool": 8, "verify_tables": 1, "table3": 1, "claims": 1, "ablation_rm_scores": 2}
     # a search knob: the beam searches and their table only
     search_change = overlay(tmp_path, "search", {"search": {"n_candidates": 2}})
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(search_change)) == {"beam_search": 3, "table3": 1, "claims": 1}
@@ -249,7 +256,7 @@ def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
     assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(sft_change)) == {
         "sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 7, "rl": 8, "evaluate": 9, "table2": 1,
         "bon_pool": 3, "likelihood_verifier": 1, "score_pool": 8, "verify_tables": 1, "beam_search": 3, "table3": 1,
-        "claims": 1}
+        "claims": 1, "ablation_implicit_prm": 2, "ablation_rm_scores": 2}
 
 
 def test_report_collects_tables_and_plots(smoke_dir):
