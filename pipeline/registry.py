@@ -1,6 +1,7 @@
-"""What exists: the synthetic tasks, the online-RL methods and the reward models, by name. Everything else derives
-from these two tables: the schema's enums (`pipeline.config` fills them in), which `rl.<section>`
-config blocks reach which RL jobs (`method_view`, used by rl.smk), which methods read a trained
+"""What exists: the synthetic testbeds, the online-RL methods and the reward models, by name.
+Everything else derives from these tables: which tasks have ground-truth step labels
+(`TESTBEDS`), the schema's enums (`pipeline.config` fills them in), which `rl.<section>` config
+blocks reach which RL jobs (`method_view`, used by rl.smk), which methods read a trained
 reward model and of which kind (`rl_reward_model`), which class holds each reward-model kind
 (`REWARD_KINDS`, loaded by `pipeline.rewards.load_reward_model`) and how each reward model is
 trained (reward_models.smk). No torch here: the workflow imports this module when it builds the DAG.
