@@ -8,9 +8,11 @@ pool (best-of-N accuracy, the same subset draws as table 1), with the aggregatio
 held-out AUROC as table 1 chooses it.
 
     python benchmarks/verifier_recipes.py RESULTS_DIR --out /tmp/recipes [--only NAME ...]
+    python benchmarks/verifier_recipes.py results/countdown --preset config/countdown.yaml --out /tmp/cd_recipes
 
-RESULTS_DIR is a finished tiny run (`snakemake -c2 results/table1.csv`): its SFT tiers, seed
-rollouts, MC labels, verify pools and loglik baselines are read, never written.
+RESULTS_DIR is a finished run of the preset (`snakemake -c2 results/table1.csv`, tiny by
+default): its SFT tiers, seed rollouts, MC labels, verify pools and loglik baselines are read,
+never written.
 """
 from __future__ import annotations
 
@@ -28,12 +30,13 @@ from pipeline.utils import read_jsonl
 from pipeline.verify import attach_scores, draw_subsets, load_pool, m_best_of_n, subset_accuracy
 
 # name -> (kind, init tier, label file key, loss, prm label, score with the reference[, rm overrides])
-# label file keys: rollouts (the run's seed rollouts), mc (their MC labels), rollouts_8x (made on
-# first use: the medium policy's rollouts of 8x the prompts, by the real rollouts stage)
+# label file keys: rollouts (the run's seed rollouts), mc (their MC labels), rollouts_<k>x (made on
+# first use: the medium policy's rollouts of k times the prompts, by the real rollouts stage)
 RECIPES = {
     "orm @ medium": ("orm", "medium", "rollouts", "ce", "se", True),
     "orm @ strong (default)": ("orm", "strong", "rollouts", "ce", "se", True),
     "orm @ strong, 8x rollouts": ("orm", "strong", "rollouts_8x", "ce", "se", True),
+    "orm @ strong, 32x rollouts": ("orm", "strong", "rollouts_32x", "ce", "se", True),
     "orm @ strong, lr 3e-5 x 8 epochs": ("orm", "strong", "rollouts", "ce", "se", True, {"lr": 3e-5, "epochs": 8}),
     "prm_he @ strong (default)": ("prm", "strong", "mc", "ce", "he", True),
     "prm_he @ strong, lr 3e-5 x 8 epochs": ("prm", "strong", "mc", "ce", "he", True, {"lr": 3e-5, "epochs": 8}),
@@ -61,10 +64,10 @@ def label_file(res: Path, cfg: dict, labels: str) -> Path:
         return res / "rollouts" / rm["data_policy"] / f"{split}.jsonl"
     if labels == "mc":
         return res / "mc" / rm["data_policy"] / f"{split}.jsonl"
-    assert labels == "rollouts_8x", labels
-    out = res.parent / "recipe_data" / f"{split}_8x.jsonl"
+    factor = int(labels.removeprefix("rollouts_").removesuffix("x"))
+    out = res.parent / "recipe_data" / f"{res.name}_{split}_{factor}x.jsonl"
     if not out.exists():
-        ro = {**cfg["rollouts"], "n_prompts": 8 * int(cfg["rollouts"]["n_prompts"])}
+        ro = {**cfg["rollouts"], "n_prompts": factor * int(cfg["rollouts"]["n_prompts"])}
         stage = {"rollouts": ro, "task": cfg["task"], "seed": cfg["seed"], "sampling": cfg["sampling"]}
         subprocess.run([sys.executable, "-m", "pipeline.rollouts", "--cfg", json.dumps(stage),
                         "--policy", str(res / "models" / "sft" / rm["data_policy"]), "--policy-name", rm["data_policy"],
@@ -73,9 +76,8 @@ def label_file(res: Path, cfg: dict, labels: str) -> Path:
     return out
 
 
-def train(res: Path, out: Path, kind: str, tier: str, labels: str, loss: str, label: str, use_ref: bool,
+def train(res: Path, out: Path, cfg: dict, kind: str, tier: str, labels: str, loss: str, label: str, use_ref: bool,
           overrides: dict) -> None:
-    cfg = load_preset()
     rm = {**cfg["rm"], "implicit_score_reference": use_ref, **overrides}
     cmd = [sys.executable, "-m", "pipeline.train_rm", "--cfg", json.dumps({"rm": rm, "seed": cfg["seed"]}),
            "--kind", kind, "--loss", loss, "--prm-label", label, "--labels", str(label_file(res, cfg, labels)),
@@ -117,11 +119,12 @@ def main() -> None:
     p.add_argument("results", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--only", nargs="*", help="recipe names to run (default: all)")
+    p.add_argument("--preset", help="the run's preset over config/tiny.yaml (e.g. config/countdown.yaml)")
     args = p.parse_args()
     import torch
 
     torch.set_num_threads(1)  # beside other work on 2 cores
-    cfg = load_preset()
+    cfg = load_preset(*([args.preset] if args.preset else []))
     lines = ["| recipe | within-prompt AUROC (held-out, best agg.) | best-of-" + " / ".join(map(str, cfg["verify"]["n_values"]))
              + " (medium pool) | train + score s |", "|---|---:|---|---:|"]
     for name in ("loglik_medium", "loglik_strong"):
@@ -135,7 +138,7 @@ def main() -> None:
         t0 = time.time()
         out = args.out / name.replace(" ", "_").replace(",", "").replace("@", "at").replace("(", "").replace(")", "")
         if not (out / "model" / "rm_meta.json").exists():
-            train(args.results, out, kind, tier, labels, loss, label, use_ref, more[0] if more else {})
+            train(args.results, out, cfg, kind, tier, labels, loss, label, use_ref, more[0] if more else {})
         m = measure(out / "model", args.results, cfg)
         lines.append(f"| {name} | {m['within_prompt_auroc']:.3f} ({m['aggregation']}) | "
                      + " / ".join(f"{v:.3f}" for v in m["bon"].values()) + f" | {time.time() - t0:.0f} |")
