@@ -37,7 +37,8 @@ def main() -> None:
         cfg["mc_label"]["seed_selection"] = how
         stage_cfg = json.dumps({k: cfg[k] for k in ("mc_label", "task", "sampling", "seed")})
         t0 = time.perf_counter()
-        mc_label_main(["--cfg", stage_cfg, "--rollouts", str(rollouts), "--completer", str(completer),
+        mc_label_main(["--cfg", stage_cfg, "--rollouts", str(rollouts), "--records", str(res / "data" / f"{mc['split']}.jsonl"),
+                       "--completer", str(completer),
                        "--out", str(out / f"{how}.jsonl"), "--threads", str(args.threads)])
         wall = time.perf_counter() - t0
         s = json.loads((out / f"{how}.summary.json").read_text())

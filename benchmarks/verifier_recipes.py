@@ -39,6 +39,12 @@ RECIPES = {
     "orm @ strong, 32x rollouts": ("orm", "strong", "rollouts_32x", "ce", "se", True),
     "orm @ strong, lr 3e-5 x 8 epochs": ("orm", "strong", "rollouts", "ce", "se", True, {"lr": 3e-5, "epochs": 8}),
     "prm_he @ strong (default)": ("prm", "strong", "mc", "ce", "he", True),
+    "prm_he @ strong, 8x MC labels": ("prm", "strong", "mc_8x", "ce", "he", True),
+    "prm_se @ strong, 8x MC labels": ("prm", "strong", "mc_8x", "ce", "se", True),
+    "pav @ strong, 8x MC labels": ("pav", "strong", "mc_8x", "ce", "se", True),
+    "prm_he @ strong, 32x MC labels": ("prm", "strong", "mc_32x", "ce", "he", True),
+    "prm_se @ strong, 32x MC labels": ("prm", "strong", "mc_32x", "ce", "se", True),
+    "pav @ strong, 32x MC labels": ("pav", "strong", "mc_32x", "ce", "se", True),
     "prm_he @ strong, lr 3e-5 x 8 epochs": ("prm", "strong", "mc", "ce", "he", True, {"lr": 3e-5, "epochs": 8}),
     "pav @ strong (default)": ("pav", "strong", "mc", "ce", "se", True),
     "pav @ strong, lr 3e-5 x 8 epochs": ("pav", "strong", "mc", "ce", "se", True, {"lr": 3e-5, "epochs": 8}),
@@ -64,6 +70,18 @@ def label_file(res: Path, cfg: dict, labels: str) -> Path:
         return res / "rollouts" / rm["data_policy"] / f"{split}.jsonl"
     if labels == "mc":
         return res / "mc" / rm["data_policy"] / f"{split}.jsonl"
+    if labels.startswith("mc_"):  # MC labels of the k-x rollouts' first k x mc_label.n_prompts prompts
+        factor = int(labels.removeprefix("mc_").removesuffix("x"))
+        seeds = label_file(res, cfg, f"rollouts_{factor}x")
+        out = seeds.with_name(f"{res.name}_{split}_mc_{factor}x.jsonl")
+        if not out.exists():
+            mc = {**cfg["mc_label"], "n_prompts": factor * int(cfg["mc_label"]["n_prompts"])}
+            stage = {"mc_label": mc, "task": cfg["task"], "seed": cfg["seed"], "sampling": cfg["sampling"]}
+            subprocess.run([sys.executable, "-m", "pipeline.mc_label", "--cfg", json.dumps(stage), "--rollouts",
+                            str(seeds), "--records", str(res / "data" / f"{split}.jsonl"), "--completer", str(res / "models" / "sft" / cfg["mc_label"]["completer"]),
+                            "--out", str(out), "--threads", "1"], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+        return out
     factor = int(labels.removeprefix("rollouts_").removesuffix("x"))
     out = res.parent / "recipe_data" / f"{res.name}_{split}_{factor}x.jsonl"
     if not out.exists():

@@ -70,6 +70,9 @@ def agreement_table(rows: list[dict]) -> pd.DataFrame:
 def main(argv=None) -> None:
     p = stage_parser(__doc__)
     p.add_argument("--rollouts", required=True, help="seed rollouts JSONL (pipeline.rollouts)")
+    p.add_argument("--records", required=True,
+                   help="the split's records (data/<split>.jsonl): completions are judged as the task judges any "
+                        "response (the testbeds' checkers need the record's meta, Minerva its source)")
     p.add_argument("--completer", required=True, help="completer policy mu (model dir or hub id)")
     p.add_argument("--out", required=True, help="MC labels JSONL; .summary.json and .agreement.csv beside it")
     args, cfg = start_stage(p, argv)
@@ -82,7 +85,12 @@ def main(argv=None) -> None:
     seeds = select_seeds(read_jsonl(args.rollouts), int(mc["n_prompts"]), int(mc["n_cov"]), int(cfg["seed"]))
     sampler = make_sampler(samp, model_path=args.completer)
     tokenizer = sampler.tokenizer
-    answers = {r["id"]: r["answer"] for r in seeds}
+    needed = {r["id"] for r in seeds}
+    records = {r["id"]: r for r in read_jsonl(args.records) if r["id"] in needed}
+    missing = sorted(needed - set(records))
+    if missing:
+        raise SystemExit(f"{args.records}: no record for {len(missing)} seed rollout id(s), e.g. {missing[0]!r}; "
+                         "the rollouts were sampled from another split")
     prompt_ids = {r["id"]: tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in seeds}
     n_sampled = []  # per seed: the steps that need completions (all but an exact last step)
     for r in seeds:
@@ -94,7 +102,7 @@ def main(argv=None) -> None:
         prefixes = [prompt_ids[pid] + ([] if i is None else seeds[i]["response_ids"][: seeds[i]["step_token_ends"][h]])
                     for i, h, pid in owners]
         return prefix_success_counts(sampler, prefixes, [len(prompt_ids[pid]) for _, _, pid in owners],
-                                     [{"answer": answers[pid]} for _, _, pid in owners], task_cfg, n=n_mc,
+                                     [records[pid] for _, _, pid in owners], task_cfg, n=n_mc,
                                      temperature=float(mc["temperature"]), max_new_tokens=int(samp["max_new_tokens"]),
                                      seed=int(cfg["seed"]) + 7919 * round_idx,
                                      share_prefix=bool(mc["share_prefix"]), desc=desc)

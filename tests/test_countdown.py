@@ -190,3 +190,35 @@ def test_countdown_dag_labels_rollouts_with_the_checker(tmp_path):
                {k: truth[k] for k in ("step_valid", "step_legal", "first_error")}
         assert row["outcome"] == int(truth["outcome"])
     assert (out / "mc" / "medium" / "train.agreement.csv").read_text().startswith("label")
+
+
+def test_mc_labels_judge_completions_by_the_checker_not_the_stated_answer(tmp_path):
+    """MC labelling judges each completed prefix with the task's checker: after made-up
+    arithmetic that states the target, no completion can be right. (It once judged the stated
+    answer alone, so every completion of such a prefix counted as reaching the target.)"""
+    from conftest import save_tiny_policy
+    from pipeline import mc_label
+    from pipeline.modeling import build_char_tokenizer
+    from pipeline.steps import split_steps_with_ends
+    from pipeline.task import format_prompt
+    from pipeline.utils import write_jsonl
+
+    record = {"id": "countdown-train-0", "problem": "2 3 4 -> 24", "answer": "24", "source": "countdown",
+              "split": "train", "meta": META, "solution": GOOD}
+    write_jsonl(tmp_path / "train.jsonl", [record])
+    tok = build_char_tokenizer()
+    response = "2+3=5\n5*4=24\n#### 24\n"  # 5*4 is 20: the target is stated, not reached
+    steps, ends = split_steps_with_ends(response, "\n")
+    prompt = format_prompt(record, COUNTDOWN["task"])
+    row = {"id": record["id"], "sample_idx": 0, "policy": "medium", "prompt": prompt, "response": response,
+           "response_ids": tok(response, add_special_tokens=False)["input_ids"], "finished": False,
+           "steps": steps, "step_ends": ends, "answer": "24", **judge(record, response, COUNTDOWN["task"])}
+    assert row["outcome"] == 0 and row["final_value_correct"]
+    write_jsonl(tmp_path / "rollouts.jsonl", [row])
+    cfg = {"mc_label": {**COUNTDOWN["mc_label"], "n_prompts": 1, "n_cov": 1, "n_mc": 4},
+           "task": COUNTDOWN["task"], "seed": 0, "sampling": {**COUNTDOWN["sampling"], "max_new_tokens": 2}}
+    mc_label.main(["--cfg", json.dumps(cfg), "--rollouts", str(tmp_path / "rollouts.jsonl"), "--records",
+                   str(tmp_path / "train.jsonl"), "--completer", str(save_tiny_policy(tmp_path / "policy")),
+                   "--out", str(tmp_path / "mc.jsonl")])
+    (labels,) = read_jsonl(tmp_path / "mc.jsonl")
+    assert labels["mc_sampled"] == [True] * len(steps) and labels["n_correct"] == [0] * len(steps)

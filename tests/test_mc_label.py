@@ -167,7 +167,8 @@ def test_first_pit_labels_each_seed_up_to_its_first_pit(smoke_dir, tmp_path):
     cfg["mc_label"]["seed_selection"] = "first_pit"
     out = tmp_path / "pit.jsonl"
     main(["--cfg", json.dumps({k: cfg[k] for k in ("mc_label", "task", "sampling", "seed")}),
-          "--rollouts", str(res / "rollouts/medium/train.jsonl"), "--completer", str(res / "models/sft/medium"),
+          "--rollouts", str(res / "rollouts/medium/train.jsonl"), "--records", str(res / "data/train.jsonl"),
+          "--completer", str(res / "models/sft/medium"),
           "--out", str(out)])
     pit_rows, full_rows = read_jsonl(out), read_jsonl(res / "mc/medium/train.jsonl")
     assert [(r["id"], r["sample_idx"]) for r in pit_rows] == [(r["id"], r["sample_idx"]) for r in full_rows]

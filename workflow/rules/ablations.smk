@@ -219,6 +219,7 @@ if "mc_label" in ABL:
         post-processes them, so the cells of every K share this job)."""
         input:
             rollouts=f"{MC_SEEDS}.jsonl",
+            records=f"{OUT}/data/{MC['split']}.jsonl",
             completer=policy_input(MC["completer"]),
         output:
             **mcl_outputs(),
@@ -236,7 +237,8 @@ if "mc_label" in ABL:
         resources:
             **resources_of("mc_label"),
         shell:
-            "{PY} -m pipeline.mc_label --cfg {params.cfg} --rollouts {input.rollouts:q} --completer {params.completer:q} "
+            "{PY} -m pipeline.mc_label --cfg {params.cfg} --rollouts {input.rollouts:q} --records {input.records:q} "
+            "--completer {params.completer:q} "
             "--out {output.rows:q} --threads {threads} > {log:q} 2>&1"
 
     rule ablation_mc_pav:

@@ -12,6 +12,7 @@ rule mc_label:
     """Monte-Carlo step labels: n_mc completions from every step boundary of the seed rollouts."""
     input:
         rollouts=f"{OUT}/rollouts/{{policy}}/{{split}}.jsonl",
+        records=f"{OUT}/data/{{split}}.jsonl",
         completer=policy_input(MC["completer"]),
     output:
         **mc_outputs(),
@@ -26,5 +27,6 @@ rule mc_label:
     resources:
         **resources_of("mc_label"),
     shell:
-        "{PY} -m pipeline.mc_label --cfg {params.cfg} --rollouts {input.rollouts:q} --completer {params.completer:q} "
+        "{PY} -m pipeline.mc_label --cfg {params.cfg} --rollouts {input.rollouts:q} --records {input.records:q} "
+        "--completer {params.completer:q} "
         "--out {output.rows:q} --threads {threads} > {log:q} 2>&1"
