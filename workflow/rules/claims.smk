@@ -21,6 +21,8 @@ SCALING = scaling_cells()
 # reference (when that baseline is built), a constant (a random pick) with it
 SCALING_UNTRAINED = (f"loglik_{RM['init_policy']}" if not RM["implicit_score_reference"]
                      and f"loglik_{RM['init_policy']}" in VERIFY_RMS else "random")
+SCALING_FLAGS = "".join([" --scaling", *(f" {shlex.quote(p)}" for cell in SCALING for p in cell),
+                         f" --scaling-untrained {shlex.quote(SCALING_UNTRAINED)}"]) if SCALING else ""
 
 
 rule claims:
@@ -47,8 +49,7 @@ rule claims:
         scores=" ".join(f"{m}={OUT}/verify/scores/{m}" for m in VERIFY_RMS),
         search=" ".join(f"{v}:{w}={OUT}/search/{v}_b{w}.jsonl" for v, w in CLAIM_SEARCH),
         search_policy=SEARCH["policy"],
-        scaling=(" --scaling " + " ".join(shlex.quote(p) for cell in SCALING for p in cell)
-                 + " --scaling-untrained " + shlex.quote(SCALING_UNTRAINED)) if SCALING else "",
+        scaling=SCALING_FLAGS,
     log:
         f"{OUT}/logs/claims.log",
     benchmark:
