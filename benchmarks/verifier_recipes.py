@@ -30,8 +30,9 @@ from pipeline.utils import read_jsonl
 from pipeline.verify import attach_scores, draw_subsets, load_pool, m_best_of_n, subset_accuracy
 
 # name -> (kind, init tier, label file key, loss, prm label, score with the reference[, rm overrides])
-# label file keys: rollouts (the run's seed rollouts), mc (their MC labels), rollouts_<k>x (made on
-# first use: the medium policy's rollouts of k times the prompts, by the real rollouts stage)
+# label file keys: rollouts (the run's seed rollouts), mc (their MC labels), rollouts_<k>x / mc_<k>x
+# (made on first use by the real rollouts / mc_label stages: k times tiny's rollouts.n_prompts /
+# mc_label.n_prompts, whatever the preset sets, so k means the same on every preset)
 RECIPES = {
     "orm @ medium": ("orm", "medium", "rollouts", "ce", "se", True),
     "orm @ strong (default)": ("orm", "strong", "rollouts", "ce", "se", True),
@@ -39,6 +40,9 @@ RECIPES = {
     "orm @ strong, 32x rollouts": ("orm", "strong", "rollouts_32x", "ce", "se", True),
     "orm @ strong, lr 3e-5 x 8 epochs": ("orm", "strong", "rollouts", "ce", "se", True, {"lr": 3e-5, "epochs": 8}),
     "prm_he @ strong (default)": ("prm", "strong", "mc", "ce", "he", True),
+    "prm_he @ strong, MC labels made again": ("prm", "strong", "mc_1x", "ce", "he", True),
+    "prm_se @ strong, MC labels made again": ("prm", "strong", "mc_1x", "ce", "se", True),
+    "pav @ strong, MC labels made again": ("pav", "strong", "mc_1x", "ce", "se", True),
     "prm_he @ strong, 8x MC labels": ("prm", "strong", "mc_8x", "ce", "he", True),
     "prm_se @ strong, 8x MC labels": ("prm", "strong", "mc_8x", "ce", "se", True),
     "pav @ strong, 8x MC labels": ("pav", "strong", "mc_8x", "ce", "se", True),
@@ -75,7 +79,7 @@ def label_file(res: Path, cfg: dict, labels: str) -> Path:
         seeds = label_file(res, cfg, f"rollouts_{factor}x")
         out = seeds.with_name(f"{res.name}_{split}_mc_{factor}x.jsonl")
         if not out.exists():
-            mc = {**cfg["mc_label"], "n_prompts": factor * int(cfg["mc_label"]["n_prompts"])}
+            mc = {**cfg["mc_label"], "n_prompts": factor * int(load_preset()["mc_label"]["n_prompts"])}
             stage = {"mc_label": mc, "task": cfg["task"], "seed": cfg["seed"], "sampling": cfg["sampling"]}
             subprocess.run([sys.executable, "-m", "pipeline.mc_label", "--cfg", json.dumps(stage), "--rollouts",
                             str(seeds), "--records", str(res / "data" / f"{split}.jsonl"), "--completer", str(res / "models" / "sft" / cfg["mc_label"]["completer"]),
@@ -85,7 +89,7 @@ def label_file(res: Path, cfg: dict, labels: str) -> Path:
     factor = int(labels.removeprefix("rollouts_").removesuffix("x"))
     out = res.parent / "recipe_data" / f"{res.name}_{split}_{factor}x.jsonl"
     if not out.exists():
-        ro = {**cfg["rollouts"], "n_prompts": factor * int(cfg["rollouts"]["n_prompts"])}
+        ro = {**cfg["rollouts"], "n_prompts": factor * int(load_preset()["rollouts"]["n_prompts"])}
         stage = {"rollouts": ro, "task": cfg["task"], "seed": cfg["seed"], "sampling": cfg["sampling"]}
         subprocess.run([sys.executable, "-m", "pipeline.rollouts", "--cfg", json.dumps(stage),
                         "--policy", str(res / "models" / "sft" / rm["data_policy"]), "--policy-name", rm["data_policy"],
