@@ -45,6 +45,7 @@ from itertools import combinations
 
 from .grader import extract_answer
 from .steps import split_steps
+from .testbed import draw_distinct
 
 STEP_RE = re.compile(r"^\s*(\d+)\s*([+\-*])\s*(\d+)\s*=\s*(\d+)\s*$")
 ANSWER_PREFIX = "####"
@@ -154,24 +155,8 @@ def reference_solution(meta: dict) -> str:
 
 def generate_split(n: int, spec: CountdownSpec, seed: int, split: str, exclude: set[str] | None = None) -> list[dict]:
     """`n` distinct problems (not in `exclude`, so eval splits never leak into train)."""
-    rng = random.Random(seed)
-    exclude = exclude or set()
-    seen: set[str] = set()
-    records = []
-    attempts = 0
-    while len(records) < n:
-        attempts += 1
-        if attempts > 50 * n + 1000:
-            raise ValueError(f"split {split!r}: cannot draw {n} distinct problems from this task spec; "
-                             "lower the split size or widen n_numbers / number_max")
-        rec = make_problem(rng, spec)
-        if rec["problem"] in seen or rec["problem"] in exclude:
-            continue
-        seen.add(rec["problem"])
-        rec.update(id=f"countdown-{split}-{len(records)}", source="countdown", split=split,
-                   solution=reference_solution(rec["meta"]))
-        records.append(rec)
-    return records
+    return draw_distinct(n, lambda rng: make_problem(rng, spec), seed, split, "countdown", reference_solution, exclude,
+                         "n_numbers / number_max")
 
 
 def check_response(response: str, meta: dict, delimiter: str = "\n") -> dict:

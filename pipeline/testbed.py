@@ -128,8 +128,11 @@ def reference_solution(meta: dict) -> str:
     return "\n".join(lines)
 
 
-def generate_split(n: int, spec: ArithSpec, seed: int, split: str, exclude: set[str] | None = None) -> list[dict]:
-    """`n` distinct problems (not in `exclude`, so eval splits never leak into train)."""
+def draw_distinct(n: int, draw, seed: int, split: str, source: str, reference, exclude: set[str] | None = None,
+                  widen: str = "the task's ranges") -> list[dict]:
+    """`n` distinct problems from `draw(rng)` (a record with "problem" and "meta"), none in
+    `exclude` (so eval splits never leak into train), each with its id `<source>-<split>-<i>`
+    and its reference solution `reference(meta)`. Every testbed draws its splits here."""
     rng = random.Random(seed)
     exclude = exclude or set()
     seen: set[str] = set()
@@ -139,15 +142,20 @@ def generate_split(n: int, spec: ArithSpec, seed: int, split: str, exclude: set[
         attempts += 1
         if attempts > 50 * n + 1000:
             raise ValueError(f"split {split!r}: cannot draw {n} distinct problems from this task spec; "
-                             "lower the split size or widen chain_len / operand_max")
-        rec = make_problem(rng, spec)
+                             f"lower the split size or widen {widen}")
+        rec = draw(rng)
         if rec["problem"] in seen or rec["problem"] in exclude:
             continue
         seen.add(rec["problem"])
-        rec.update(id=f"arith-{split}-{len(records)}", source="arith", split=split,
-                   solution=reference_solution(rec["meta"]))
+        rec.update(id=f"{source}-{split}-{len(records)}", source=source, split=split, solution=reference(rec["meta"]))
         records.append(rec)
     return records
+
+
+def generate_split(n: int, spec: ArithSpec, seed: int, split: str, exclude: set[str] | None = None) -> list[dict]:
+    """`n` distinct arithmetic problems (not in `exclude`, so eval splits never leak into train)."""
+    return draw_distinct(n, lambda rng: make_problem(rng, spec), seed, split, "arith", reference_solution, exclude,
+                         "chain_len / operand_max")
 
 
 def check_response(response: str, meta: dict, delimiter: str = "\n") -> dict:
