@@ -185,3 +185,37 @@ def test_pool_prompt_accuracy_and_the_data_scaling_rows(tmp_path):
     assert "1 response x 256 instructions" in one_row["measure"]
     assert many_row["ours"] == pytest.approx(1.0) and many_row["verdict"] == "reproduced"
     assert "4 responses x 64 instructions" in many_row["measure"]
+
+
+def test_replicates_script_pools_replicates_by_hand(tmp_path):
+    """benchmarks/replicates.py on two hand-made replicates in which PRIME trails RLOO by exactly
+    0.25 on every prompt and seed: each replicate's interval and the pooled one are that point."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def write_run(out, shift):
+        for method, correct in (("rloo", 2), ("prime", 1), ("base", 1)):
+            for seed in range(2):
+                ev = {"policy": method, "splits": {s: {"k": 4, "pass1": correct / 4, "per_prompt_correct": [correct] * 5}
+                                                   for s in ("test", "ood")}}
+                (out / "eval" / method).mkdir(parents=True, exist_ok=True)
+                (out / "eval" / method / f"s{seed}.json").write_text(json.dumps(ev))
+                if method != "base":
+                    run = out / "rl" / method / f"s{seed}"
+                    run.mkdir(parents=True, exist_ok=True)
+                    val = 0.5 + shift if method == "rloo" else 0.3
+                    run.joinpath("metrics.jsonl").write_text("".join(
+                        json.dumps({"iteration": i, "val_pass1": val if i else 0.3, "samples": 128 * i, "flops": 1e9 * i}) + "\n"
+                        for i in (0, 5, 10)))
+    for i in range(2):
+        write_run(tmp_path / f"r{i}", 0.01 * i)
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "replicates.py"), str(tmp_path / "r0"),
+                          str(tmp_path / "r1"), "--n-boot", "50"], capture_output=True, text=True, check=True).stdout
+    line = next(x for x in out.splitlines() if x.startswith("| PRIME is more accurate than RLOO"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1] == cells[2] == "-0.250 [-0.250, -0.250] not reproduced"
+    assert cells[4] == "-0.250 [-0.250, -0.250] not reproduced"  # pooled over the two replicates
+    assert "| rloo | 0.500 / 0.500 | 0.500 / 0.500 |" in out
