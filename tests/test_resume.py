@@ -39,7 +39,7 @@ def rl_config(algo: str, iters: int) -> dict:
     cfg = load_preset(SMOKE)
     cfg["rl"].update(iterations=iters, checkpoint_every=2 if algo == "rloo" else 1, eval_every=4)
     if algo != "rloo":
-        cfg["rl"].update(prompts_per_iter=8, vineppo={"k": 2})
+        cfg["rl"].update(prompts_per_iter=8, vineppo={**cfg["rl"]["vineppo"], "k": 2})
     return cfg
 
 
@@ -155,9 +155,12 @@ def test_rl_with_kl_penalty_logs_a_finite_nonnegative_kl(smoke_dir, tmp_path):
     assert rows[2]["kl"] > 0.0
 
 
-def test_vineppo_values_and_step_advantages_on_the_smoke_policy(smoke_dir):
+@pytest.mark.parametrize("dedupe", [True, False])
+def test_vineppo_values_and_step_advantages_on_the_smoke_policy(smoke_dir, dedupe):
     """VinePPO's advantages from real MC values of the smoke medium policy: constant within a
-    step, telescoping to outcome - V(x) over the steps, and every auxiliary completion counted."""
+    step, telescoping to outcome - V(x) over the steps, and every auxiliary completion counted:
+    one estimate per distinct state (deduplicated, the released code's way: a state reached by
+    two responses has one value) or one per response and step."""
     from pipeline.modeling import load_policy
     from pipeline.rl.vineppo import vineppo_token_advantages
     from pipeline.sampler import HFSampler
@@ -175,15 +178,22 @@ def test_vineppo_values_and_step_advantages_on_the_smoke_policy(smoke_dir):
     encoded = tok(prompts, add_special_tokens=False)["input_ids"]
     before = sampler.compute.samples
     adv, values = vineppo_token_advantages(sampler, encoded, records, gens, rewards, cfg["task"], k_aux=4,
-                                           temperature=1.0, max_new_tokens=48, seed=3)
+                                           temperature=1.0, max_new_tokens=48, seed=3, dedupe_states=dedupe)
     n_prefixes = len(prompts)
     flat = [(p, k, g) for p, gs in enumerate(gens) for k, g in enumerate(gs)]
     nontrivial = 0
+    value_of: dict[tuple, float] = {}  # distinct state -> its value
     for (p, k, g), a, v in zip(flat, adv, values):
         _, ends = split_steps_with_ends(g.text)
         tends = step_token_ends(tok, g.token_ids, ends)
-        n_prefixes += len(tends) - 1
         assert len(a) == len(g.token_ids) and len(v) == len(tends)
+        for h in range(1, len(tends)):
+            state = (p, tuple(g.token_ids[:tends[h - 1]]))
+            if dedupe:
+                assert value_of.setdefault(state, v[h]) == v[h]  # a repeated state has one value
+            else:
+                value_of[(p, k, h)] = v[h]
+        n_prefixes = len(prompts) + len(value_of)
         assert all(0.0 <= x <= 1.0 and (x * 4) == int(x * 4) for x in v)  # means of 4 outcomes
         assert v[0] == values[3 * p][0]  # V(x) is shared by the prompt's responses
         step_adv, start = [], 0
@@ -196,12 +206,15 @@ def test_vineppo_values_and_step_advantages_on_the_smoke_policy(smoke_dir):
         nontrivial += any(abs(x) > 0 for x in step_adv[:-1])
     assert sampler.compute.samples - before == 4 * n_prefixes
     assert nontrivial > 0  # the smoke policy's values do move between steps
+    if dedupe:  # the smoke policy's responses do repeat states, so deduplication saves completions
+        n_occurrences = sum(max(0, len(v) - 1) for v in values)
+        assert len(value_of) < n_occurrences
 
 
 def test_vineppo_runs_in_the_rl_loop_and_counts_auxiliary_samples(smoke_dir, tmp_path):
     cfg = load_preset(SMOKE)
     cfg["rl"].update(iterations=2, checkpoint_every=5, eval_every=2, prompts_per_iter=4, samples_per_prompt=2,
-                     vineppo={"k": 2})
+                     vineppo={**cfg["rl"]["vineppo"], "k": 2})
     run_rl_in_process(rl_cmd(cfg, smoke_dir, tmp_path / "out", tmp_path / "ck", "vineppo"), tmp_path / "rl.log")
     rows = untimed_rl_metrics(tmp_path / "out")
     assert [r["iteration"] for r in rows] == [0, 1, 2]

@@ -2,7 +2,13 @@
 `rl.vineppo.k` auxiliary completions under the *current* policy give V_hat(s_h) (V(x) shared by
 a prompt's responses); A_h = V(s_{h+1}) - V(s_h), the outcome in place of V after the last step,
 on every token of step h. Completions of one prefix share its computation, and every auxiliary
-token counts as the method's compute."""
+token counts as the method's compute.
+
+States are deduplicated as the released code does (`_create_value_estimation_requests` keys its
+value requests by the query text): responses of one prompt that begin with the same steps reach
+the same state, whose value is estimated once from k completions and shared, as V(x) is shared
+by a prompt's responses. On tiny about half of a group's step boundaries repeat one
+(BENCHMARKS.md); `rl.vineppo.dedupe_states: false` estimates each occurrence on its own."""
 from __future__ import annotations
 
 import torch
@@ -22,33 +28,44 @@ def vineppo_step_advantages(values: list[float], outcome: float) -> list[float]:
 
 def vineppo_token_advantages(sampler, encoded: list[list[int]], records: list[dict], gens, rewards: torch.Tensor,
                              task_cfg: dict, *, k_aux: int, temperature: float, max_new_tokens: int,
-                             seed: int) -> tuple[list[torch.Tensor], list[list[float]]]:
+                             seed: int, dedupe_states: bool = True) -> tuple[list[torch.Tensor], list[list[float]]]:
     """VinePPO's per-token advantages for gens[p][k] (P prompts x K responses), and each
     response's state values [V(x), V(s_2), ..., V(s_H)]. A value is the mean outcome of k_aux
     completions of the prefix under the sampler's (current) policy, each held to the response
-    budget `max_new_tokens` counted from the start of the response."""
+    budget `max_new_tokens` counted from the start of the response. With `dedupe_states`, one
+    estimate per distinct state (prompt, response tokens so far); else one per response and step
+    (V(x) is one per prompt either way)."""
     tok = sampler.tokenizer
     delim = task_cfg["step_delimiter"]
-    prefixes = [list(ids) for ids in encoded]          # V(x): one per prompt, shared by its K responses
-    owners: list[tuple[int, int | None, int]] = [(p, None, 0) for p in range(len(encoded))]
+    prefixes: list[list[int]] = []
+    prompt_of: list[int] = []
+    state_index: dict[tuple, int] = {}    # state key -> its row in `prefixes`
+
+    def state(p: int, k: int | None, done: list[int]) -> int:
+        key = (p, tuple(done)) if dedupe_states or k is None else (p, k, len(done))
+        if key not in state_index:
+            state_index[key] = len(prefixes)
+            prefixes.append(list(encoded[p]) + done)
+            prompt_of.append(p)
+        return state_index[key]
+
+    roots = [state(p, None, []) for p in range(len(gens))]  # V(x): one per prompt, shared by its K responses
     plan = []
     for p, gs in enumerate(gens):
         for k, g in enumerate(gs):
             tends = response_step_token_ends(tok, g, delim)
-            plan.append((p, k, tends))
-            for h in range(1, len(tends)):
-                if tends[h - 1] < max_new_tokens:
-                    prefixes.append(encoded[p] + list(g.token_ids[:tends[h - 1]]))
-                    owners.append((p, k, h))
-    wins = prefix_success_counts(sampler, prefixes, [len(encoded[p]) for p, _, _ in owners],
-                                 [records[p] for p, _, _ in owners], task_cfg, n=k_aux, temperature=temperature,
+            rows = [roots[p]] + [state(p, k, list(g.token_ids[:tends[h - 1]])) if tends[h - 1] < max_new_tokens else None
+                          for h in range(1, len(tends))]
+            plan.append((p, k, tends, rows))
+    wins = prefix_success_counts(sampler, prefixes, [len(encoded[p]) for p in prompt_of],
+                                 [records[p] for p in prompt_of], task_cfg, n=k_aux, temperature=temperature,
                                  max_new_tokens=max_new_tokens, seed=seed, response_budget=max_new_tokens,
                                  desc="vineppo values")
-    values = {owner: w / k_aux for owner, w in zip(owners, wins)}
     adv_tok, all_values = [], []
-    for p, k, tends in plan:
+    for p, k, tends, rows in plan:
         n_tok, outcome = len(gens[p][k].token_ids), float(rewards[p, k])
-        v = [values[(p, None, 0)]] + [values.get((p, k, h), 0.0) for h in range(1, len(tends))]
+        # a state past the token budget has no completions: value 0, as the budget ends the response
+        v = [0.0 if r is None else wins[r] / k_aux for r in rows]
         all_values.append(v)
         if not tends:  # no step at all: the whole response is one step from the prompt
             adv_tok.append(torch.full((n_tok,), outcome - v[0]))
@@ -63,5 +80,6 @@ class VinePPO(Method):
         adv_tok, _ = vineppo_token_advantages(ro.sampler, ro.encoded, ro.records, ro.gens, ro.rewards, self.ctx.task,
                                               k_aux=int(rl["vineppo"]["k"]), temperature=float(rl["temperature"]),
                                               max_new_tokens=int(self.ctx.sampling["max_new_tokens"]),
-                                              seed=self.ctx.seed * 104_729 + ro.iteration)
+                                              seed=self.ctx.seed * 104_729 + ro.iteration,
+                                              dedupe_states=bool(rl["vineppo"]["dedupe_states"]))
         return TrainBatch(ro.prompt_ids, ro.response_ids, adv_tok)
