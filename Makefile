@@ -18,10 +18,16 @@ TRL_SPEC ?= trl==1.16.0
 
 setup: $(VENV)/.installed
 
+# pip byte-compiles every installed module on one core (~30 s of the set-up); compiling them
+# afterwards on $(CORES) workers is ~11 s faster. Needed at all because with
+# PYTHONDONTWRITEBYTECODE (set on these machines) nothing compiled at import is kept, and every
+# job would pay ~4.5 s more start-up. A few vendored files that are not Python 3 fail to compile,
+# as they do under pip (which ignores them too): hence `|| true`.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --no-compile "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --no-compile -e .
+	$(BIN)/python -m compileall -q -j $(CORES) $(VENV)/lib > /dev/null || true
 	touch $@
 
 run: setup
