@@ -1,6 +1,7 @@
 """Time per RL iteration of each method against RLOO, side by side in one run.
 
     python benchmarks/bench_rl_iteration.py [--algos rloo grpo prime ...] [--iterations 4] [--preset ...]
+        [--decode own generate] [--old-logprobs sampler forward] [--vineppo-dedupe true false]
 
 Runs the real RL stage (`pipeline.rl.main`) for a few iterations of each algorithm from the
 tiny preset's base policy (results/models/sft/<rl.base_policy>, results/data; build them with
@@ -33,6 +34,8 @@ def main() -> None:
                    help="sampling.decode ways to time side by side (default: the preset's)")
     p.add_argument("--old-logprobs", nargs="+", default=None, choices=["sampler", "forward"],
                    help="rl.old_logprobs ways to time side by side (default: the preset's)")
+    p.add_argument("--vineppo-dedupe", nargs="+", default=None, choices=["true", "false"],
+                   help="rl.vineppo.dedupe_states ways to time side by side for VinePPO (default: the preset's)")
     args = p.parse_args()
     cfg = load_preset(*args.preset)
     rl = cfg["rl"]
@@ -43,14 +46,19 @@ def main() -> None:
     rows, phases = {}, {}
     decodes = args.decode or [cfg["sampling"]["decode"]]
     olds = args.old_logprobs or [rl["old_logprobs"]]
+    dedupes = [d == "true" for d in args.vineppo_dedupe] if args.vineppo_dedupe else [rl["vineppo"]["dedupe_states"]]
     ways = [(d, o) for d in decodes for o in olds]
+    runs = [(a, w, dd) for a in args.algos or rl["algos"] for w in ways
+            for dd in (dedupes if a == "vineppo" else [rl["vineppo"]["dedupe_states"]])]
     with tempfile.TemporaryDirectory() as tmp:
-        for algo, (decode, old) in [(a, w) for a in args.algos or rl["algos"] for w in ways]:
-            tags = ([f"{decode} decode"] if len(decodes) > 1 else []) + ([f"old log-probs: {old}"] if len(olds) > 1 else [])
+        for algo, (decode, old), dedupe in runs:
+            tags = ([f"{decode} decode"] if len(decodes) > 1 else []) + ([f"old log-probs: {old}"] if len(olds) > 1 else []) \
+                + ([f"dedupe_states: {str(dedupe).lower()}"] if algo == "vineppo" and len(dedupes) > 1 else [])
             name = f"{algo} ({', '.join(tags)})" if tags else algo
             out = Path(tmp) / name
             rm = rl_reward_model(cfg, algo)
-            stage_cfg = json.dumps({"rl": {**rl, "old_logprobs": old}, **{k: cfg[k] for k in ("task", "seed")},
+            stage_cfg = json.dumps({"rl": {**rl, "old_logprobs": old, "vineppo": {**rl["vineppo"], "dedupe_states": dedupe}},
+                                    **{k: cfg[k] for k in ("task", "seed")},
                                     "sampling": {**cfg["sampling"], "decode": decode}})
             rl_main(["--cfg", stage_cfg, "--algo", algo, "--policy", str(policy), "--data", str(res / "data"),
                      "--out", str(out), "--ckpt", str(Path(tmp) / f"ck_{algo}"), "--threads", str(args.threads),
