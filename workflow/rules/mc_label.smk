@@ -23,6 +23,7 @@ rule mc_label:
         f"{OUT}/logs/mc_label/{{policy}}_{{split}}.log",
     benchmark:
         f"{OUT}/benchmarks/mc_label/{{policy}}_{{split}}.tsv"
+    priority: PRIORITY["gates_rl"]
     threads: res("mc_label")["threads"]
     resources:
         **resources_of("mc_label"),

@@ -45,6 +45,7 @@ rule train_rm:
         f"{OUT}/logs/train_rm/{{rm}}.log",
     benchmark:
         f"{OUT}/benchmarks/train_rm/{{rm}}.tsv"
+    priority: PRIORITY["gates_rl"]
     threads: res("train_rm")["threads"]
     resources:
         **resources_of("train_rm"),

@@ -55,6 +55,7 @@ rule rl:
         f"{OUT}/logs/rl/{{algo}}/s{{seed}}.log",
     benchmark:
         f"{OUT}/benchmarks/rl/{{algo}}/s{{seed}}.tsv"
+    priority: PRIORITY["rl"]
     threads: res("rl")["threads"]
     resources:
         **resources_of("rl"),

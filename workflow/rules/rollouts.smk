@@ -13,6 +13,7 @@ rule rollouts:
         f"{OUT}/logs/rollouts/{{policy}}_{{split}}.log",
     benchmark:
         f"{OUT}/benchmarks/rollouts/{{policy}}_{{split}}.tsv"
+    priority: PRIORITY["gates_rl"]
     threads: res("rollouts")["threads"]
     resources:
         **resources_of("rollouts"),
