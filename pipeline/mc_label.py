@@ -38,7 +38,7 @@ from .mc_values import SEED_SELECTIONS, fill_after_pit, prefix_success_counts, p
 from .metrics import auroc
 from .sampler import make_sampler
 from .steps import step_token_ends
-from .utils import read_jsonl, stage_parser, start_stage, write_csv, write_json, write_jsonl
+from .utils import read_jsonl, read_records, stage_parser, start_stage, write_csv, write_json, write_jsonl
 
 log = logging.getLogger("pipeline.mc_label")
 
@@ -83,14 +83,15 @@ def main(argv=None) -> None:
         raise SystemExit(f"config key mc_label.seed_selection: {how!r} is not one of {SEED_SELECTIONS}")
     t0 = time.time()
     seeds = select_seeds(read_jsonl(args.rollouts), int(mc["n_prompts"]), int(mc["n_cov"]), int(cfg["seed"]))
-    sampler = make_sampler(samp, model_path=args.completer)
-    tokenizer = sampler.tokenizer
+    # the records are read and checked before the completer loads
     needed = {r["id"] for r in seeds}
-    records = {r["id"]: r for r in read_jsonl(args.records) if r["id"] in needed}
+    records = {r["id"]: r for r in read_records(args.records) if r["id"] in needed}
     missing = sorted(needed - set(records))
     if missing:
         raise SystemExit(f"{args.records}: no record for {len(missing)} seed rollout id(s), e.g. {missing[0]!r}; "
                          "the rollouts were sampled from another split")
+    sampler = make_sampler(samp, model_path=args.completer)
+    tokenizer = sampler.tokenizer
     prompt_ids = {r["id"]: tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in seeds}
     n_sampled = []  # per seed: the steps that need completions (all but an exact last step)
     for r in seeds:
