@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 from pathlib import Path
 
-import random
-
-from pipeline.claims import RL_CLAIMS, bootstrap, mean_of, pass1_matrix, resample, rl_claims, verdict
+from pipeline.claims import RL_CLAIMS, bootstrap, paired_draw, pass1_matrix, resample, rl_claims, verdict
 
 
 def read_run(out: Path) -> tuple[dict[str, list[dict]], dict[str, list[list[dict]]]]:
@@ -44,19 +43,12 @@ def pooled_difference(pairs: list[tuple[list[list[float]], list[list[float]]]], 
                       ) -> tuple[float, float, float]:
     """Mean over replicates of mean(a) - mean(b), each replicate's ([seed][prompt] a, b); the
     interval resamples replicates, then in each the prompts (shared by a and b) and each
-    method's seeds."""
-    def diff(a, b, rng: random.Random | None) -> float:
-        n_p = len(a[0])
-        if rng is None:
-            return mean_of(a, list(range(len(a))), list(range(n_p))) - mean_of(b, list(range(len(b))), list(range(n_p)))
-        ps = resample(rng, n_p)
-        return mean_of(a, resample(rng, len(a)), ps) - mean_of(b, resample(rng, len(b)), ps)
+    method's seeds (`paired_draw`)."""
+    point = sum(paired_draw(a, b) for a, b in pairs) / len(pairs)
 
-    point = sum(diff(a, b, None) for a, b in pairs) / len(pairs)
-
-    def stat(rng):
+    def stat(rng: random.Random) -> float:
         picked = [pairs[i] for i in resample(rng, len(pairs))]
-        return sum(diff(a, b, rng) for a, b in picked) / len(picked)
+        return sum(paired_draw(a, b, rng) for a, b in picked) / len(picked)
     return (point, *bootstrap(stat, n_boot, seed))
 
 

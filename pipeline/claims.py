@@ -90,20 +90,24 @@ def mean_of(mat: list[list[float]], seeds: list[int], prompts: list[int]) -> flo
     return sum(mat[s][p] for s in seeds for p in prompts) / (len(seeds) * len(prompts))
 
 
-def paired_difference(a: list[list[float]], b: list[list[float]], n_boot: int, seed: int
-                      ) -> tuple[float, float, float]:
-    """mean(a) - mean(b) over seeds and prompts, with its interval: prompts resampled once per
-    replicate for both (paired), each method's seeds resampled on their own."""
+def paired_draw(a: list[list[float]], b: list[list[float]], rng: random.Random | None = None) -> float:
+    """mean(a) - mean(b) over seeds and prompts ([seed][prompt] each); with `rng`, one bootstrap
+    draw of it: prompts resampled once for both (paired), each method's seeds on their own."""
     n_p = len(a[0])
     if any(len(row) != n_p for row in a + b):
         raise ValueError("the methods were evaluated on different prompts")
-    all_p = list(range(n_p))
-    point = mean_of(a, list(range(len(a))), all_p) - mean_of(b, list(range(len(b))), all_p)
+    if rng is None:
+        all_p = list(range(n_p))
+        return mean_of(a, list(range(len(a))), all_p) - mean_of(b, list(range(len(b))), all_p)
+    ps = resample(rng, n_p)
+    return mean_of(a, resample(rng, len(a)), ps) - mean_of(b, resample(rng, len(b)), ps)
 
-    def stat(rng):
-        ps = resample(rng, n_p)
-        return mean_of(a, resample(rng, len(a)), ps) - mean_of(b, resample(rng, len(b)), ps)
-    return (point, *bootstrap(stat, n_boot, seed))
+
+def paired_difference(a: list[list[float]], b: list[list[float]], n_boot: int, seed: int
+                      ) -> tuple[float, float, float]:
+    """mean(a) - mean(b) over seeds and prompts, with its interval (`paired_draw`)."""
+    point = paired_draw(a, b)
+    return (point, *bootstrap(lambda rng: paired_draw(a, b, rng), n_boot, seed))
 
 
 def efficiency_ratio(runs: list[list[dict]], ref_runs: list[list[dict]]) -> float:

@@ -179,7 +179,6 @@ def test_vineppo_values_and_step_advantages_on_the_smoke_policy(smoke_dir, dedup
     before = sampler.compute.samples
     adv, values = vineppo_token_advantages(sampler, encoded, records, gens, rewards, cfg["task"], k_aux=4,
                                            temperature=1.0, max_new_tokens=48, seed=3, dedupe_states=dedupe)
-    n_prefixes = len(prompts)
     flat = [(p, k, g) for p, gs in enumerate(gens) for k, g in enumerate(gs)]
     nontrivial = 0
     value_of: dict[tuple, float] = {}  # distinct state -> its value
@@ -193,7 +192,6 @@ def test_vineppo_values_and_step_advantages_on_the_smoke_policy(smoke_dir, dedup
                 assert value_of.setdefault(state, v[h]) == v[h]  # a repeated state has one value
             else:
                 value_of[(p, k, h)] = v[h]
-        n_prefixes = len(prompts) + len(value_of)
         assert all(0.0 <= x <= 1.0 and (x * 4) == int(x * 4) for x in v)  # means of 4 outcomes
         assert v[0] == values[3 * p][0]  # V(x) is shared by the prompt's responses
         step_adv, start = [], 0
@@ -204,7 +202,7 @@ def test_vineppo_values_and_step_advantages_on_the_smoke_policy(smoke_dir, dedup
             start = e
         assert sum(step_adv) == pytest.approx(float(rewards[p, k]) - v[0])  # telescopes (gamma = 1)
         nontrivial += any(abs(x) > 0 for x in step_adv[:-1])
-    assert sampler.compute.samples - before == 4 * n_prefixes
+    assert sampler.compute.samples - before == 4 * (len(prompts) + len(value_of))  # V(x) and every state
     assert nontrivial > 0  # the smoke policy's values do move between steps
     if dedupe:  # the smoke policy's responses do repeat states, so deduplication saves completions
         n_occurrences = sum(max(0, len(v) - 1) for v in values)
