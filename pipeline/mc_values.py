@@ -55,9 +55,13 @@ def prefix_success_counts(sampler, prefixes: list[list[int]], n_prompt: list[int
     """How many of n sampled completions of each token-id prefix reach the right answer: the
     Monte-Carlo value estimate shared by MC labelling (Q_hat) and VinePPO (V_hat). `n_prompt[i]`
     leading tokens of prefix i are the prompt of `records[i]`; the response so far plus each
-    completion is judged. With `response_budget`, a completion is cut where the whole response
-    would pass that many tokens, as the policy's own responses are."""
-    gens = sampler.generate_from_prefixes(prefixes, n=n, temperature=temperature, max_new_tokens=max_new_tokens,
+    completion is judged. With `response_budget`, a completion ends where the whole response
+    would pass that many tokens, as the policy's own responses do: the sampler stops its rows
+    there (per-prefix limits), and a prefix already at the budget keeps no completion tokens."""
+    limit = max_new_tokens
+    if response_budget is not None:  # a row stops at its response's budget (>= 1: a full one keeps none)
+        limit = [max(1, min(max_new_tokens, response_budget - (len(p) - n_p))) for p, n_p in zip(prefixes, n_prompt)]
+    gens = sampler.generate_from_prefixes(prefixes, n=n, temperature=temperature, max_new_tokens=limit,
                                           seed=seed, share_prefix=share_prefix, desc=desc)
     tok = sampler.tokenizer
     # a response's completions often repeat (the n of one prefix, and those of its later

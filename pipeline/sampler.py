@@ -42,9 +42,14 @@ class Sampler:
         raise NotImplementedError
 
     def generate_from_prefixes(self, prefixes: list[list[int]], n: int = 1, *, temperature: float = 1.0,
-                               top_p: float = 1.0, max_new_tokens: int = 64, seed: int = 0, share_prefix: bool = True,
-                               stop: str | None = None, desc: str = "completions") -> list[list[Generation]]:
+                               top_p: float = 1.0, max_new_tokens: int | list[int] = 64, seed: int = 0,
+                               share_prefix: bool = True, stop: str | None = None,
+                               desc: str = "completions") -> list[list[Generation]]:
         """n continuations of each token-id prefix; the prefix's computation is shared.
+
+        `max_new_tokens`: one limit for every prefix, or one per prefix (each >= 1): a prefix
+        that is most of a response already has only the rest of the response's budget left,
+        and its rows stop there instead of drawing tokens the caller would cut off.
 
         `stop` (a step delimiter such as "\\n"): a continuation also ends once its text contains
         `stop`, which is kept in the output (one step per call, for step-level search). Such a
@@ -164,9 +169,9 @@ class HFSampler(Sampler):
 
     @torch.no_grad()
     def generate_from_prefixes(self, prefixes: list[list[int]], n: int = 1, *, temperature: float = 1.0,
-                               top_p: float = 1.0, max_new_tokens: int = 64, seed: int = 0, share_prefix: bool = True,
-                               stop: str | None = None, desc: str = "completions", sort: bool = True,
-                               compact: bool = True) -> list[list[Generation]]:
+                               top_p: float = 1.0, max_new_tokens: int | list[int] = 64, seed: int = 0,
+                               share_prefix: bool = True, stop: str | None = None, desc: str = "completions",
+                               sort: bool = True, compact: bool = True) -> list[list[Generation]]:
         """n continuations of each token-id prefix (MC partial rollouts, VinePPO values, search steps).
 
         With `share_prefix` the prefix is encoded once and its n rows read its cache (`KVDecoder.repeat`), so
@@ -199,6 +204,7 @@ class HFSampler(Sampler):
         tok, model = self.tokenizer, self.model
         device = next(model.parameters()).device
         eos, pad = tok.eos_token_id, tok.pad_token_id
+        limits = new_token_limits(max_new_tokens, len(prefixes))
         per_batch = max(1, self.batch_size // max(1, n))
         decoder = self.kv_decoder()
         order = list(range(len(prefixes)))
@@ -214,6 +220,8 @@ class HFSampler(Sampler):
                 idx = order[start:start + per_batch]
                 chunk = [prefixes[i] for i in idx]
                 L = max(len(p) for p in chunk)
+                cap = max(limits[i] for i in idx)  # the batch's longest budget sizes its cache and loop
+                row_limits = [limits[i] for i in idx for _ in range(n)]
                 ids = torch.full((len(chunk), L), pad, dtype=torch.long)
                 mask = torch.zeros((len(chunk), L), dtype=torch.long)
                 for i, p in enumerate(chunk):  # left padding: every row's next token is at column L
@@ -223,13 +231,13 @@ class HFSampler(Sampler):
                 if decoder is not None:
                     # positions by column, as the plain forward below numbers them
                     if share_prefix:
-                        logits = decoder.prefill(ids, mask, L + max_new_tokens, positions_from_mask=False)
+                        logits = decoder.prefill(ids, mask, L + cap, positions_from_mask=False)
                         decoder.repeat(n)  # the n rows read their prefix's cache once
                         logits = logits.repeat_interleave(n, 0)
                         prefill = sum(len(p) for p in chunk)
                     else:
                         ids, mask = ids.repeat_interleave(n, 0), mask.repeat_interleave(n, 0)
-                        logits = decoder.prefill(ids, mask, L + max_new_tokens, positions_from_mask=False)
+                        logits = decoder.prefill(ids, mask, L + cap, positions_from_mask=False)
                         prefill = n * sum(len(p) for p in chunk)
                     stepper = decoder
                 elif share_prefix:
@@ -249,7 +257,8 @@ class HFSampler(Sampler):
                     stepper = _HFStepper(model, cache, mask)
                 stops = None if stop is None else self._stop_masks(stop, logits.shape[-1], device)
                 rows = logits.shape[0]
-                tokens = self._decode(stepper, logits, temperature, top_p, max_new_tokens, stop, stops, compact)
+                tokens = self._decode(stepper, logits, temperature, top_p, cap, stop, stops, compact,
+                                      limits=None if min(row_limits) == cap else row_limits)
                 gens = [Generation(tok.decode(t, skip_special_tokens=True), t, bool(t) and t[-1] == eos) for t in tokens]
                 for j, i in enumerate(idx):
                     out[i] = gens[j * n:(j + 1) * n]
@@ -259,12 +268,16 @@ class HFSampler(Sampler):
         return out
 
     def _decode(self, stepper, logits, temperature, top_p, max_new_tokens, stop, stops,
-                compact, logprobs: list[list[float]] | None = None) -> list[list[int]]:
+                compact, logprobs: list[list[float]] | None = None,
+                limits: list[int] | None = None) -> list[list[int]]:
         """The decode loop for one prefilled batch (`stepper`: a `KVDecoder` or `_HFStepper`
         holding its cache; `logits`: the last position's, one row each): the tokens of each
         row. `live[b]` is the row at batch position b; with `compact` finished positions are
         dropped from the cache, the mask and the next tokens alike. `logprobs` (one empty list
-        per row) receives each drawn token's log-softmax of the raw logits (temperature 1)."""
+        per row) receives each drawn token's log-softmax of the raw logits (temperature 1).
+        `limits` (one per row, each <= max_new_tokens): a row is done after that many tokens.
+        Its tokens up to there are the ones it would draw without a limit (its random numbers
+        are its own, `sample_rows`), so a limit only saves the steps past it."""
         tok = self.tokenizer
         rows = logits.shape[0]
         if stop is not None:
@@ -274,8 +287,9 @@ class HFSampler(Sampler):
         tokens: list[list[int]] = [[] for _ in range(rows)]
         live, at = list(range(rows)), None   # at: `live` as a tensor once rows have left
         done = torch.zeros(rows, dtype=torch.bool, device=device)
+        limit = None if limits is None else torch.tensor(limits, device=device)  # by batch position
         n_done = 0  # positions in the batch that are done (since the last compaction)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             nxt = sample_rows(logits, temperature, top_p, rows, at)
             drawn = nxt.tolist()
             if logprobs is not None:
@@ -298,6 +312,8 @@ class HFSampler(Sampler):
                         hit[b] = True
                 done |= hit
             done |= nxt == eos
+            if limit is not None:  # every live row has drawn step + 1 tokens
+                done |= limit <= step + 1
             n_done = int(done.sum())
             if n_done == len(live):
                 break
@@ -305,6 +321,8 @@ class HFSampler(Sampler):
                 keep = torch.nonzero(~done).flatten()
                 stepper.select(keep)
                 nxt = nxt[keep]
+                if limit is not None:
+                    limit = limit[keep]
                 live = [live[b] for b in keep.tolist()]
                 at = torch.tensor(live, device=device)
                 done = torch.zeros(len(live), dtype=torch.bool, device=device)
@@ -377,6 +395,20 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch
     if temperature == 0:
         return logits.argmax(-1)
     return torch.multinomial(_probs(logits, temperature, top_p), 1).squeeze(-1)
+
+
+def new_token_limits(max_new_tokens, n_prefixes: int) -> list[int]:
+    """`max_new_tokens` of `generate_from_prefixes` as one limit per prefix: an int applies to
+    every prefix; a list must hold one positive int per prefix."""
+    if isinstance(max_new_tokens, int):
+        limits = [max_new_tokens] * n_prefixes
+    else:
+        limits = [int(x) for x in max_new_tokens]
+        if len(limits) != n_prefixes:
+            raise ValueError(f"max_new_tokens: {len(limits)} limits for {n_prefixes} prefixes")
+    if any(x < 1 for x in limits):
+        raise ValueError(f"max_new_tokens must be >= 1 for every prefix, got {min(limits)}")
+    return limits
 
 
 def sample_rows(logits: torch.Tensor, temperature: float, top_p: float, rows: int,
@@ -481,15 +513,17 @@ class VLLMSampler(Sampler):
                                share_prefix=True, stop=None, desc="completions"):
         # vLLM's automatic prefix caching (enable_prefix_caching) shares the prefix computation
         return self._run([{"prompt_token_ids": list(p)} for p in prefixes], n, temperature, top_p,
-                         max_new_tokens, seed, stop=stop)
+                         new_token_limits(max_new_tokens, len(prefixes)), seed, stop=stop)
 
     def _run(self, prompts, n, temperature, top_p, max_new_tokens, seed, stop=None):
+        """`max_new_tokens`: one limit, or one per prompt."""
         from vllm import SamplingParams
 
         # a stop string ends a completion after the step delimiter, which is kept in the text
         extra = {} if stop is None else {"stop": [stop], "include_stop_str_in_output": True}
         # one seed per prompt: a shared seed would give every prompt the same random stream
-        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+        limits = new_token_limits(max_new_tokens, len(prompts))
+        params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=limits[i],
                                  seed=seed * 1_000_003 + i, **extra) for i in range(len(prompts))]
         results = self.llm.generate(prompts, params, use_tqdm=True)
         out = []

@@ -184,12 +184,12 @@ def make_expand(sampler, prompt_ids: list[list[int]], *, delimiter: str, max_new
             return out
         gens = sampler.generate_from_prefixes([prompt_ids[requests[i][0]] + resp[i] for i in live], n=n,
                                               temperature=temperature, top_p=top_p,
-                                              max_new_tokens=max(budget[i] for i in live), seed=seed + rnd,
+                                              max_new_tokens=[budget[i] for i in live], seed=seed + rnd,
                                               stop=delimiter, desc=f"search round {rnd + 1}")
         for i, gs in zip(live, gens):
             steps = []
             for g in gs:
-                ids = g.token_ids[:budget[i]]  # a row may run past its own budget: keep what fits
+                ids = g.token_ids[:budget[i]]  # each row stops at its own budget; a backend may not: keep what fits
                 whole = len(ids) == len(g.token_ids)
                 text, cut = truncate_after(g.text if whole else tok.decode(ids, skip_special_tokens=True), delimiter)
                 finished = g.finished and whole and not cut

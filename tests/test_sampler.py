@@ -13,7 +13,8 @@ import torch
 from conftest import MODEL_SECTION, scaled_tiny_llama
 from pipeline.flops import count_params
 from pipeline.modeling import build_char_tokenizer, build_tiny_llama
-from pipeline.sampler import Generation, HFSampler, VLLMSampler, _strip_after_eos, make_sampler, sample_rows
+from pipeline.sampler import (Generation, HFSampler, VLLMSampler, _strip_after_eos, make_sampler, new_token_limits,
+                             sample_rows)
 
 TINY = {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2, "max_position_embeddings": 64}
 PROMPTS = ["3+4*2=?\n", "1+2=?\n", "9*9-1+5=?\n"]
@@ -328,6 +329,43 @@ def test_prefix_sampling_is_deterministic(eos_model, tok, prefix_ids):
     assert a == b == c
     assert a != s.generate_from_prefixes(prefix_ids, seed=12, **kw)
     assert len({tuple(g.token_ids) for gs in a for g in gs}) > len(prefix_ids)  # copies differ
+
+
+# ------------------------------------------------ per-prefix token limits
+# A prefix that is most of a response has only the rest of the response's budget left
+# (VinePPO's values, beam search): its rows stop there instead of drawing tokens that the
+# caller would cut off.
+
+def test_new_token_limits():
+    assert new_token_limits(5, 3) == [5, 5, 5]
+    assert new_token_limits([1, 4], 2) == [1, 4]
+    assert new_token_limits(5, 0) == []
+    with pytest.raises(ValueError, match="3 limits for 2 prefixes"):
+        new_token_limits([1, 2, 3], 2)
+    with pytest.raises(ValueError, match=">= 1"):
+        new_token_limits([3, 0], 2)
+    with pytest.raises(ValueError, match=">= 1"):
+        new_token_limits(0, 2)
+
+
+@pytest.mark.parametrize("compact", [True, False])
+@pytest.mark.parametrize("decode", ["own", "generate"])
+def test_per_prefix_limits_cut_rows_where_they_would_be_cut(eos_model, tok, prefix_ids, compact, decode):
+    """Each row stops after its own prefix's limit, with the same tokens up to there as the run
+    with one shared limit (a row's random numbers are its own), and draws fewer tokens."""
+    kw = dict(n=3, temperature=1.0, seed=7, compact=compact)
+    limits = [3, 20, 1, 5, 12, 2, 8]
+    free = HFSampler(eos_model, tok, batch_size=9, progress=False, decode=decode).generate_from_prefixes(
+        prefix_ids, max_new_tokens=20, **kw)
+    s = HFSampler(eos_model, tok, batch_size=9, progress=False, decode=decode)
+    cut = s.generate_from_prefixes(prefix_ids, max_new_tokens=limits, **kw)
+    assert any(len(g.token_ids) > lim for gs, lim in zip(free, limits) for g in gs), "no row ran past its limit"
+    for gs_free, gs_cut, lim in zip(free, cut, limits):
+        for f, c in zip(gs_free, gs_cut):
+            assert c.token_ids == f.token_ids[:lim]
+            assert c.finished == (bool(c.token_ids) and c.token_ids[-1] == tok.eos_token_id)
+    assert s.compute.generated_tokens == sum(len(g.token_ids) for gs in cut for g in gs)
+    assert s.compute.generated_tokens < sum(len(g.token_ids) for gs in free for g in gs)
 
 
 @pytest.mark.parametrize("share", [True, False])
