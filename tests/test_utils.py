@@ -235,9 +235,13 @@ def test_a_stage_logs_its_start_up_and_stage_times_reads_it(tmp_path):
     script = Path(__file__).resolve().parent.parent / "benchmarks" / "stage_times.py"
     proc = subprocess.run([sys.executable, str(script), str(tmp_path)],
                           check=True, capture_output=True, text=True)
-    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in proc.stdout.splitlines()}
+    per_job, per_stage = proc.stdout.split("\n\n")
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in per_job.splitlines()}
     assert rows["rl/rloo/s0"][1] == "12.5" and float(rows["rl/rloo/s0"][2]) == pytest.approx(age, abs=0.05)
     assert rows["table2"][2] == ""  # no log: blank, not zero
+    stages = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in per_stage.splitlines()}
+    assert stages["rl/rloo/*"][1:3] == ["1", "12.5"] and stages["table2"][1:4] == ["1", "1.5", ""]
+    assert list(stages)[2:] == ["rl/rloo/*", "table2"]  # the slowest first, after the header rows
 
 
 def test_process_age_is_none_without_proc(monkeypatch):
