@@ -258,7 +258,7 @@ class HFSampler(Sampler):
                 stops = None if stop is None else self._stop_masks(stop, logits.shape[-1], device)
                 rows = logits.shape[0]
                 tokens = self._decode(stepper, logits, temperature, top_p, cap, stop, stops, compact,
-                                      limits=None if min(row_limits) == cap else row_limits)
+                                      limits=row_limits)
                 gens = [Generation(tok.decode(t, skip_special_tokens=True), t, bool(t) and t[-1] == eos) for t in tokens]
                 for j, i in enumerate(idx):
                     out[i] = gens[j * n:(j + 1) * n]
@@ -513,7 +513,7 @@ class VLLMSampler(Sampler):
                                share_prefix=True, stop=None, desc="completions"):
         # vLLM's automatic prefix caching (enable_prefix_caching) shares the prefix computation
         return self._run([{"prompt_token_ids": list(p)} for p in prefixes], n, temperature, top_p,
-                         new_token_limits(max_new_tokens, len(prefixes)), seed, stop=stop)
+                         max_new_tokens, seed, stop=stop)
 
     def _run(self, prompts, n, temperature, top_p, max_new_tokens, seed, stop=None):
         """`max_new_tokens`: one limit, or one per prompt."""

@@ -188,13 +188,11 @@ def make_expand(sampler, prompt_ids: list[list[int]], *, delimiter: str, max_new
                                               stop=delimiter, desc=f"search round {rnd + 1}")
         for i, gs in zip(live, gens):
             steps = []
-            for g in gs:
-                ids = g.token_ids[:budget[i]]  # each row stops at its own budget; a backend may not: keep what fits
-                whole = len(ids) == len(g.token_ids)
-                text, cut = truncate_after(g.text if whole else tok.decode(ids, skip_special_tokens=True), delimiter)
-                finished = g.finished and whole and not cut
+            for g in gs:  # each row stopped at its own budget (the sampler's per-prefix limits)
+                text, cut = truncate_after(g.text, delimiter)
+                finished = g.finished and not cut
                 # the response is full without EOS: the step cannot be extended
-                truncated = not finished and len(ids) >= budget[i]
+                truncated = not finished and len(g.token_ids) >= budget[i]
                 steps.append(Step(text, len(g.token_ids), finished, truncated))
             out[i] = steps
         return out
