@@ -58,9 +58,11 @@ def prefix_success_counts(sampler, prefixes: list[list[int]], n_prompt: list[int
     completion is judged. With `response_budget`, a completion ends where the whole response
     would pass that many tokens, as the policy's own responses do: the sampler stops its rows
     there (per-prefix limits), and a prefix already at the budget keeps no completion tokens."""
-    limit = max_new_tokens
-    if response_budget is not None:  # a row stops at its response's budget (>= 1: a full one keeps none)
-        limit = [max(1, min(max_new_tokens, response_budget - (len(p) - n_p))) for p, n_p in zip(prefixes, n_prompt)]
+    # what each response has left of its budget (None: no budget); the sampler needs >= 1 token
+    # per row, so a full response draws one and keeps none
+    left = [None if response_budget is None else max(0, response_budget - (len(p) - n_p))
+            for p, n_p in zip(prefixes, n_prompt)]
+    limit = max_new_tokens if response_budget is None else [max(1, min(max_new_tokens, k)) for k in left]
     gens = sampler.generate_from_prefixes(prefixes, n=n, temperature=temperature, max_new_tokens=limit,
                                           seed=seed, share_prefix=share_prefix, desc=desc)
     tok = sampler.tokenizer
@@ -75,9 +77,8 @@ def prefix_success_counts(sampler, prefixes: list[list[int]], n_prompt: list[int
         return outcomes[key]
 
     out = []
-    for prefix, n_p, record, completions in zip(prefixes, n_prompt, records, gens):
+    for prefix, n_p, record, completions, keep in zip(prefixes, n_prompt, records, gens, left):
         done = list(prefix[n_p:])
-        keep = None if response_budget is None else max(0, response_budget - len(done))
         out.append(sum(outcome(record, done + list(g.token_ids[:keep])) for g in completions))
     return out
 
