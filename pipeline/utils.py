@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from pipeline import imports_done
+
 log = logging.getLogger("pipeline")
 
 
@@ -187,6 +189,8 @@ def check_finite(value: float, what: str, step: int | None = None) -> None:
 
 
 def setup_logging(log_file: str | None = None) -> None:
+    # every stage's main() starts here once its imports are done (pipeline/__init__.py)
+    imports_done()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)

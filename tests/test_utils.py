@@ -244,6 +244,26 @@ def test_a_stage_logs_its_start_up_and_stage_times_reads_it(tmp_path):
     assert list(stages)[2:] == ["rl/rloo/*", "table2"]  # the slowest first, after the header rows
 
 
+def test_a_stage_process_imports_with_the_collector_held_then_frozen():
+    """`python -m pipeline.<stage>` (argv[0] is "-m" while the package imports) holds the cyclic
+    garbage collector off through the imports; the stage's logging set-up freezes what they built
+    and turns it back on. Any other process that imports the package keeps its collector as is."""
+    import subprocess
+    import sys
+
+    probe = ("import gc, sys\n"
+             "import pipeline\n"
+             "held = not gc.isenabled()\n"
+             "from pipeline.utils import setup_logging\n"
+             "setup_logging()\n"
+             "print(held, gc.isenabled(), gc.get_freeze_count() > 0)\n")
+    as_stage = subprocess.run([sys.executable, "-c", "import sys; sys.argv[0] = '-m'\n" + probe],
+                              check=True, capture_output=True, text=True)
+    assert as_stage.stdout.split() == ["True", "True", "True"], as_stage.stderr
+    as_library = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True)
+    assert as_library.stdout.split() == ["False", "True", "False"], as_library.stderr
+
+
 def test_process_age_is_none_without_proc(monkeypatch):
     from pathlib import Path
 
