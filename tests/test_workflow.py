@@ -197,6 +197,20 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
     assert not list((res / "checkpoints").rglob("latest.json"))
 
 
+def test_every_stage_job_imported_with_the_collector_held(smoke_dir):
+    """Snakemake starts stages as `python -m pipeline.<stage>`, so each job's imports ran with the
+    garbage collector off and were frozen after (pipeline/__init__.py): its log says how many."""
+    frozen = {}
+    for log in (smoke_dir / "results" / "logs").rglob("*.log"):
+        m = re.search(r"start-up: [0-9.]+ s from process start to the stage's arguments; (\d+) objects",
+                      log.read_text(errors="replace"))
+        if m:
+            frozen[str(log.relative_to(smoke_dir / "results" / "logs"))] = int(m.group(1))
+    assert len(frozen) > 30 and any(k.startswith("rl/") for k in frozen), sorted(frozen)
+    assert all(n > 0 for n in frozen.values()), frozen
+    assert frozen["rl/rloo/s0.log"] > 100_000, frozen  # torch and transformers
+
+
 def test_second_run_has_nothing_to_do(smoke_dir):
     assert planned_jobs(smoke_dir) == {}
 
