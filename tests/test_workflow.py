@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -215,66 +216,59 @@ def test_second_run_has_nothing_to_do(smoke_dir):
     assert planned_jobs(smoke_dir) == {}
 
 
+# (what a config change should rerun, the change, the jobs a dry run over it plans)
+RERUN_CASES = [
+    ("an RL knob: every RL run, its evaluation and the table; not data, SFT, base eval",
+     {"rl": {"lr": 0.0002}}, {"rl": 8, "evaluate": 8, "table2": 1, "claims": 1}),
+    *[("one method's knob reruns that method only", {"rl": change}, {"rl": 1, "evaluate": 1, "table2": 1, "claims": 1})
+      for change in ({"vineppo": {"k": 3}}, {"pav": {"alpha": 1.0}}, {"jepo": {"sup_coef": 0.5}}, {"ppo": {"lam": 0.9}})],
+    ("PRIME's knobs rerun PRIME and its frozen-PRM ablation",
+     {"rl": {"prime": {"gamma": 0.9}}}, {"rl": 2, "evaluate": 2, "table2": 1, "claims": 1}),
+    ("fewer methods rerun none of the existing runs", {"rl": {"algos": ["rloo", "jepo"]}}, {"table2": 1, "claims": 1}),
+    ("one more seed reruns none of the existing runs",
+     {"rl": {"seeds": [0, 1]}}, {"rl": 8, "evaluate": 9, "table2": 1, "claims": 1}),
+    # no RL job (and not claims.csv, whose reference is fixed per claim) reads it
+    ("the sample-efficiency reference is the table's", {"rl": {"reference": "grpo"}}, {"table2": 1}),
+    ("an eval knob: every evaluation and the table only", {"eval": {"k": 3}}, {"evaluate": 9, "table2": 1, "claims": 1}),
+    # (train and held-out rollouts; the likelihood baseline's held-out metrics and calibration scores;
+    # PAV-RL and PRIME-frozen, which read reward models trained on them; claims.csv's data-scaling pair)
+    ("a rollouts knob: the rollouts and everything built on them", {"rollouts": {"n_samples": 3}},
+     {"rollouts": 2, "mc_label": 1, "train_rm": 7, "likelihood_verifier": 1, "score_pool": 8, "verify_tables": 1,
+      "beam_search": 3, "table3": 1, "rl": 2, "evaluate": 2, "table2": 1, "claims": 1,
+      "ablation_implicit_prm": 2, "ablation_rm_scores": 2}),
+    ("an MC knob: the labelling and the reward models trained on its labels (not the ORM), PAV-RL",
+     {"mc_label": {"n_mc": 3}},
+     {"mc_label": 1, "train_rm": 3, "score_pool": 3, "verify_tables": 1, "beam_search": 2, "table3": 1,
+      "rl": 1, "evaluate": 1, "table2": 1, "claims": 1}),
+    # (the ORM picks every beam's answer; PAV-RL and PRIME frozen read reward models)
+    ("a reward-model knob: the reward models and what reads them", {"rm": {"lr": 0.001}},
+     {"train_rm": 7, "score_pool": 7, "verify_tables": 1, "beam_search": 3, "table3": 1,
+      "rl": 2, "evaluate": 2, "table2": 1, "claims": 1, "ablation_implicit_prm": 2, "ablation_rm_scores": 2}),
+    ("how pools are evaluated: the tables only, no rescoring",
+     {"verify": {"n_subsets": 4}}, {"verify_tables": 1, "table3": 1, "claims": 1}),
+    ("the pools themselves: sample, score, tables", {"verify": {"temperature": 0.8}},
+     {"bon_pool": 3, "score_pool": 8, "verify_tables": 1, "table3": 1, "claims": 1, "ablation_rm_scores": 2}),
+    ("a search knob: the beam searches and their table only",
+     {"search": {"n_candidates": 2}}, {"beam_search": 3, "table3": 1, "claims": 1}),
+    ("an SFT knob: everything downstream of SFT, but not data prep", {"sft": {"lr": 0.002}},
+     {"sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 7, "rl": 8, "evaluate": 9, "table2": 1,
+      "bon_pool": 3, "likelihood_verifier": 1, "score_pool": 8, "verify_tables": 1, "beam_search": 3, "table3": 1,
+      "claims": 1, "ablation_implicit_prm": 2, "ablation_rm_scores": 2}),
+]
+
+
 def test_changed_config_reruns_exactly_the_dependent_rules(smoke_dir, tmp_path):
-    # an RL knob: every RL run, its evaluation and the table; not data, SFT, base eval
-    rl_change = overlay(tmp_path, "rl", {"rl": {"lr": 0.0002}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rl_change)) == {
-        "rl": 8, "evaluate": 8, "table2": 1, "claims": 1}
-    # one method's knob reruns that method only
-    for change in ({"vineppo": {"k": 3}}, {"pav": {"alpha": 1.0}}, {"jepo": {"sup_coef": 0.5}}, {"ppo": {"lam": 0.9}}):
-        assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(overlay(tmp_path, "one", {"rl": change}))) == {
-            "rl": 1, "evaluate": 1, "table2": 1, "claims": 1}, change
-    # PRIME's knobs rerun PRIME and its frozen-PRM ablation
-    prime = overlay(tmp_path, "prime", {"rl": {"prime": {"gamma": 0.9}}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(prime)) == {"rl": 2, "evaluate": 2, "table2": 1,
-                                                                                "claims": 1}
-    # fewer methods or one more seed reruns none of the existing runs
-    fewer = overlay(tmp_path, "fewer", {"rl": {"algos": ["rloo", "jepo"]}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(fewer)) == {"table2": 1, "claims": 1}
-    seed = overlay(tmp_path, "seed", {"rl": {"seeds": [0, 1]}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(seed)) == {"rl": 8, "evaluate": 9, "table2": 1,
-                                                                               "claims": 1}
-    # the sample-efficiency reference is the table's: no RL job (and not claims.csv, whose reference
-    # is fixed per claim) reads it
-    ref = overlay(tmp_path, "ref", {"rl": {"reference": "grpo"}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ref)) == {"table2": 1}
-    # an eval knob: every evaluation and the table only
-    eval_change = overlay(tmp_path, "ev", {"eval": {"k": 3}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(eval_change)) == {"evaluate": 9, "table2": 1, "claims": 1}
-    # a rollouts knob: the rollouts and the MC labels built on them
-    ro_change = overlay(tmp_path, "ro", {"rollouts": {"n_samples": 3}})
-    # (and PAV-RL and PRIME-frozen, which read reward models trained on them)
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ro_change)) == {
-        "rollouts": 2, "mc_label": 1, "train_rm": 7, "likelihood_verifier": 1, "score_pool": 8, "verify_tables": 1,
-        # (train and held-out rollouts; the likelihood baseline's held-out metrics and calibration scores)
-        "beam_search": 3, "table3": 1, "rl": 2, "evaluate": 2, "table2": 1, "claims": 1,
-        "ablation_implicit_prm": 2, "ablation_rm_scores": 2}  # claims.csv's data-scaling pair
-    # an MC knob: the labelling and the reward models trained on its labels (not the ORM)
-    mc_change = overlay(tmp_path, "mc", {"mc_label": {"n_mc": 3}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(mc_change)) == {
-        "mc_label": 1, "train_rm": 3, "score_pool": 3, "verify_tables": 1, "beam_search": 2, "table3": 1,
-        "rl": 1, "evaluate": 1, "table2": 1, "claims": 1}  # PAV-RL
-    # a reward-model knob: the reward models only
-    rm_change = overlay(tmp_path, "rm", {"rm": {"lr": 0.001}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(rm_change)) == {
-        "train_rm": 7, "score_pool": 7, "verify_tables": 1, "beam_search": 3, "table3": 1,  # the ORM picks every beam's answer
-        "rl": 2, "evaluate": 2, "table2": 1, "claims": 1,  # PAV-RL, PRIME frozen
-        "ablation_implicit_prm": 2, "ablation_rm_scores": 2}  # claims.csv's data-scaling pair
-    # how pools are evaluated: the tables only, no rescoring; the pools themselves: sample, score, tables
-    ver_change = overlay(tmp_path, "ver", {"verify": {"n_subsets": 4}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(ver_change)) == {"verify_tables": 1, "table3": 1, "claims": 1}
-    pool_change = overlay(tmp_path, "pool", {"verify": {"temperature": 0.8}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(pool_change)) == {
-        "bon_pool": 3, "score_pool": 8, "verify_tables": 1, "table3": 1, "claims": 1, "ablation_rm_scores": 2}
-    # a search knob: the beam searches and their table only
-    search_change = overlay(tmp_path, "search", {"search": {"n_candidates": 2}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(search_change)) == {"beam_search": 3, "table3": 1, "claims": 1}
-    # an SFT knob: everything downstream of SFT, but not data prep
-    sft_change = overlay(tmp_path, "sft", {"sft": {"lr": 0.002}})
-    assert planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(sft_change)) == {
-        "sft": 1, "rollouts": 2, "mc_label": 1, "train_rm": 7, "rl": 8, "evaluate": 9, "table2": 1,
-        "bon_pool": 3, "likelihood_verifier": 1, "score_pool": 8, "verify_tables": 1, "beam_search": 3, "table3": 1,
-        "claims": 1, "ablation_implicit_prm": 2, "ablation_rm_scores": 2}
+    # each case is one dry run: a Snakemake start-up and DAG build, about 3 s on one core; two at
+    # a time use the core the slow tests otherwise leave idle (dry runs take no lock)
+    def plan(i: int) -> dict[str, int]:
+        change = overlay(tmp_path, f"case{i}", RERUN_CASES[i][1])
+        return planned_jobs(smoke_dir, "--configfile", str(SMOKE), str(change))
+
+    with ThreadPoolExecutor(2) as pool:
+        planned = list(pool.map(plan, range(len(RERUN_CASES))))
+    wrong = [f"{why} {change}: planned {got}, expected {want}"
+             for (why, change, want), got in zip(RERUN_CASES, planned) if got != want]
+    assert not wrong, "\n".join(wrong)
 
 
 def test_report_collects_tables_and_plots(smoke_dir):
