@@ -22,6 +22,7 @@ from pipeline.rl.train import main as rl_main
 
 
 PHASES = ("sample_s", "batch_s", "logprob_s", "train_s")  # pipeline/rl/train.py's per-phase times
+TOKENS = ("sampled_tokens", "aux_tokens")  # tokens drawn per iteration by the policy, and auxiliary ones
 
 
 def main() -> None:
@@ -67,7 +68,7 @@ def main() -> None:
             timed = m[1:] or m  # the first iteration pays one-off warm-up (DeepSpeed op build, allocator)
             rows[name] = (sum(r["iter_s"] for r in timed) / len(timed), m[-1]["samples"] / len(m),
                           m[-1]["flops"] / len(m))
-            phases[name] = {k: sum(r[k] for r in timed) / len(timed) for k in PHASES}
+            phases[name] = {k: sum(r[k] for r in timed) / len(timed) for k in PHASES + TOKENS}
     print(f"{args.iterations} iterations (first one untimed) x {rl['prompts_per_iter']} prompts x {rl['samples_per_prompt']} samples, "
           f"vineppo_k={rl['vineppo']['k']}, threads={args.threads}")
     print("| method | s / iteration | samples / iteration | FLOPs / iteration | time vs first | FLOPs vs first |")
@@ -80,6 +81,19 @@ def main() -> None:
     for name, ph in phases.items():
         t = rows[name][0]
         print(f"| {name} | " + " | ".join(f"{ph[k]:.2f} ({ph[k] / t:.0%})" for k in PHASES) + " |")
+    print("\nTokens drawn per iteration, and what each cost (ms per token: sample_s over the policy's, batch_s over the auxiliary):")
+    print("| method | sampled tokens | auxiliary tokens | ms / sampled token | ms / auxiliary token |\n|---|---:|---:|---:|---:|")
+    for name, ph in phases.items():
+        aux = f"{1e3 * ph['batch_s'] / ph['aux_tokens']:.3f}" if ph["aux_tokens"] else ""
+        print(f"| {name} | {ph['sampled_tokens']:.0f} | {ph['aux_tokens']:.0f} | {1e3 * ph['sample_s'] / ph['sampled_tokens']:.3f} | {aux} |")
+    ref = phases.get("rloo")
+    for name, ph in phases.items():
+        if ref and ph["aux_tokens"]:
+            # a method that is RLOO plus auxiliary completions, each drawn at RLOO's own cost per
+            # sampled token: how close its time can come to RLOO's with this decode loop
+            floor = base[0] + ph["aux_tokens"] * ref["sample_s"] / ref["sampled_tokens"]
+            print(f"\n{name}: its auxiliary tokens at RLOO's cost per sampled token would take {floor:.2f} s per "
+                  f"iteration, {floor / base[0]:.2f}x RLOO (measured: {rows[name][0] / base[0]:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -219,6 +219,8 @@ def test_vineppo_runs_in_the_rl_loop_and_counts_auxiliary_samples(smoke_dir, tmp
     for r in rows[1:]:
         # at least V(x) for each of the 4 prompts, k = 2 completions each
         assert r["aux_samples"] >= 4 * 2 and r["aux_samples"] % 2 == 0
+        # every auxiliary completion draws at least one token; the policy drew 4 x 2 responses
+        assert r["aux_tokens"] >= r["aux_samples"] and r["sampled_tokens"] >= 4 * 2
     assert rows[2]["samples"] == 2 * 4 * 2 + rows[1]["aux_samples"] + rows[2]["aux_samples"]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["algo"] == "vineppo" and summary["rl_samples"] == rows[2]["samples"]

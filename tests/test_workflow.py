@@ -73,6 +73,8 @@ def test_smoke_dag_builds_table2_and_rollouts(smoke_dir):
         assert rows[-1]["val_pass1"] is not None
         for key in own.get(algo, []):
             assert all(key in m for m in rows[1:]), (algo, key)
+        # tokens drawn per iteration: only VinePPO draws auxiliary ones
+        assert all(m["sampled_tokens"] > 0 and (m["aux_tokens"] > 0) == (algo == "vineppo") for m in rows[1:]), algo
     prime = [json.loads(line) for line in (res / "rl/prime/s0/metrics.jsonl").read_text().splitlines()][1:]
     assert all(0 <= m["kept_frac"] <= 1 for m in prime) and any(m["prm_loss"] is not None for m in prime)
     assert json.loads((res / "rl/pav/s0/summary.json").read_text())["reward_model"].endswith("rm/pav/model")

@@ -167,11 +167,12 @@ def main(argv=None) -> None:
                                 for r, gs in zip(records, gens)])
         encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]  # once per prompt, K samples share it
         ro = Rollouts(it, records, encoded, gens, rewards, sampler)
-        n_policy_samples = sampler.compute.samples
+        n_policy_samples, n_policy_tokens = sampler.compute.samples, sampler.compute.generated_tokens
 
         batch = method.batch(ro, compute)  # per-token advantages and the sequences to train on
         t_batched = time.time()
         aux_samples = sampler.compute.samples - n_policy_samples
+        aux_tokens = sampler.compute.generated_tokens - n_policy_tokens
         compute = compute.merge(sampler.compute)  # every generated token, auxiliary ones included
 
         prompt_ids, response_ids = batch.prompt_ids, batch.response_ids
@@ -237,6 +238,9 @@ def main(argv=None) -> None:
                "solved_none_frac": (rewards.max(1).values == 0).float().mean().item(),
                "loss": mean_or_none(losses), "clip_frac": mean_or_none(clip_fracs), "kl": mean_or_none(kls),
                "response_len": sum(len(g.token_ids) for gs in gens for g in gs) / (P * K), "aux_samples": aux_samples,
+               # tokens drawn this iteration: the policy's responses, and auxiliary ones (VinePPO's MC
+               # completions): a decode-bound method's cost is its tokens (benchmarks/bench_rl_iteration.py)
+               "sampled_tokens": n_policy_tokens, "aux_tokens": aux_tokens,
                **batch.metrics, **{k: mean_or_none(v) for k, v in step_stats.items()},
                "samples": compute.samples, "flops": compute.flops, "iter_s": time.time() - t_it,
                # where the iteration's time went: policy sampling; the method's batch (rewards,
