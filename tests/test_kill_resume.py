@@ -9,7 +9,7 @@ that run, what was killed and resumed, and compares it with the recovered output
   recovered run resumed from (and at least until its weak tier): the same curve, loss and val
   pass@1 at every evaluation, and the same weak-tier weights. The schedule (constant after
   warm-up), the batches (a function of the step) and the evaluations do not depend on
-  `sft.max_steps`, so the shorter run is the longer one's beginning; running the last 200 steps
+  `sft.max_steps`, so the shorter run is the longer one's beginning; running the rest of it
   too would cost a minute of CI and test the same resumed state;
 - the resumed RL jobs, with the rollouts, MC labels and the two reward models RL reads rerun
   beside them (Snakemake's --forcerun on their rules, from the recovered SFT policies): the
