@@ -91,9 +91,10 @@ def main() -> None:
         if ref and ph["aux_tokens"]:
             # a method that is RLOO plus auxiliary completions, each drawn at RLOO's own cost per
             # sampled token: how close its time can come to RLOO's with this decode loop
-            floor = base[0] + ph["aux_tokens"] * ref["sample_s"] / ref["sampled_tokens"]
+            t_rloo = rows["rloo"][0]
+            floor = t_rloo + ph["aux_tokens"] * ref["sample_s"] / ref["sampled_tokens"]
             print(f"\n{name}: its auxiliary tokens at RLOO's cost per sampled token would take {floor:.2f} s per "
-                  f"iteration, {floor / base[0]:.2f}x RLOO (measured: {rows[name][0] / base[0]:.2f}x)")
+                  f"iteration, {floor / t_rloo:.2f}x RLOO (measured: {rows[name][0] / t_rloo:.2f}x)")
 
 
 if __name__ == "__main__":

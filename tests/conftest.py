@@ -3,7 +3,8 @@ reused by every workflow test that only reads its outputs. It is built the hard 
 documented command is SIGKILLed three times (during SFT after its first checkpoint, during an RL
 job after its first checkpoint, inside the table 2 job) and recovered each time with
 `snakemake --unlock` and the same command, so every test of the outputs is also a test of the
-recovery; tests/test_kill_resume.py reruns the killed jobs uninterrupted and compares."""
+recovery; tests/test_kill_resume.py reruns the killed jobs uninterrupted (SFT up to 40 steps
+past its resume point) and compares."""
 from __future__ import annotations
 
 import contextlib
