@@ -22,9 +22,11 @@ def system_python_can_venv() -> bool:
 
 def venv_interpreter(python_dir: Path, **env: str) -> str:
     """The interpreter `make setup` would build .venv from, with `python_dir` first on PATH."""
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHON"}, **env,
+    # under `make test` the parent make's variables are in the environment: not for this one
+    inherited = {"PYTHON", "MAKEFLAGS", "MAKELEVEL", "MFLAGS"}
+    env = {**{k: v for k, v in os.environ.items() if k not in inherited}, **env,
            "PATH": f"{python_dir}:{os.environ['PATH']}"}
-    out = subprocess.run(["make", "-n", "setup", "VENV=/nonexistent/venv"], cwd=REPO, env=env,
+    out = subprocess.run(["make", "--no-print-directory", "-n", "setup", "VENV=/nonexistent/venv"], cwd=REPO, env=env,
                          capture_output=True, text=True, check=True).stdout
     return out.splitlines()[0].removesuffix(" -m venv /nonexistent/venv")
 
