@@ -3,9 +3,10 @@ VENV ?= .venv
 # The interpreter .venv is built from (override: make setup PYTHON=...): python3 on PATH, except
 # where that is a pyenv build compiled without --enable-optimizations (pyenv's default) and the
 # system's /usr/bin/python3 is >= 3.11 and can make a venv. Distributions compile their Python
-# with profile-guided and link-time optimisation; on a 2-core EPYC that made every stage's
-# start-up 5.8 -> 4.5 s, the smoke DAG 304 -> 270 s and the unit tests 155 -> 137 s, with the
-# same results (BENCHMARKS.md, issue 17).
+# with profile-guided and link-time optimisation, and Debian links libpython into the executable;
+# this machine's pyenv 3.11.7 has neither (a shared libpython). On a 2-core EPYC the system one
+# made every stage's start-up 5.8 -> 4.5 s, the smoke DAG 304 -> 270 s and the unit tests
+# 155 -> 137 s, with the same results (BENCHMARKS.md, issue 17).
 ifeq ($(origin PYTHON),undefined)
 PATH_PYTHON_IS_PLAIN_PYENV := $(shell python3 -c "import sys, sysconfig; print(int('/.pyenv/' in sys.prefix and '--enable-optimizations' not in (sysconfig.get_config_var('CONFIG_ARGS') or '')))" 2>/dev/null)
 SYSTEM_PYTHON_CAN_VENV := $(shell /usr/bin/python3 -c "import sys, ensurepip; ensurepip.version(); sys.exit(sys.version_info < (3, 11))" >/dev/null 2>&1 && echo 1)
