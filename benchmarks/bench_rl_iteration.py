@@ -86,13 +86,14 @@ def main() -> None:
     for name, ph in phases.items():
         aux = f"{1e3 * ph['batch_s'] / ph['aux_tokens']:.3f}" if ph["aux_tokens"] else ""
         print(f"| {name} | {ph['sampled_tokens']:.0f} | {ph['aux_tokens']:.0f} | {1e3 * ph['sample_s'] / ph['sampled_tokens']:.3f} | {aux} |")
-    ref = phases.get("rloo")
+    if "rloo" not in phases:
+        return
+    # a method that is RLOO plus auxiliary completions, each drawn at RLOO's own cost per sampled
+    # token: how close its time can come to RLOO's with this decode loop
+    t_rloo, rloo_s_per_token = rows["rloo"][0], phases["rloo"]["sample_s"] / phases["rloo"]["sampled_tokens"]
     for name, ph in phases.items():
-        if ref and ph["aux_tokens"]:
-            # a method that is RLOO plus auxiliary completions, each drawn at RLOO's own cost per
-            # sampled token: how close its time can come to RLOO's with this decode loop
-            t_rloo = rows["rloo"][0]
-            floor = t_rloo + ph["aux_tokens"] * ref["sample_s"] / ref["sampled_tokens"]
+        if ph["aux_tokens"]:
+            floor = t_rloo + ph["aux_tokens"] * rloo_s_per_token
             print(f"\n{name}: its auxiliary tokens at RLOO's cost per sampled token would take {floor:.2f} s per "
                   f"iteration, {floor / t_rloo:.2f}x RLOO (measured: {rows[name][0] / t_rloo:.2f}x)")
 
