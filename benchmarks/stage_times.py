@@ -29,8 +29,14 @@ def startup_s(log: Path) -> float | None:
 
 
 def stage_times(results: Path) -> pd.DataFrame:
+    tsvs = sorted((results / "benchmarks").rglob("*.tsv"))
+    if not tsvs:
+        # e.g. `results` given where the run's outputs are under `results/countdown`
+        nested = sorted(str(b.parent) for b in results.glob("*/benchmarks") if any(b.rglob("*.tsv")))
+        hint = f"; a run's outputs are in {', '.join(nested)}" if nested else ""
+        raise SystemExit(f"stage_times: no Snakemake benchmark files (*.tsv) under {results / 'benchmarks'}{hint}")
     rows = []
-    for tsv in sorted((results / "benchmarks").rglob("*.tsv")):
+    for tsv in tsvs:
         df = pd.read_csv(tsv, sep="\t")
         job = tsv.relative_to(results / "benchmarks").with_suffix("")
         rows.append({"job": str(job), "seconds": float(df["s"].iloc[-1]), "max_rss_mb": float(df["max_rss"].iloc[-1]),

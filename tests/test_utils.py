@@ -244,6 +244,26 @@ def test_a_stage_logs_its_start_up_and_stage_times_reads_it(tmp_path):
     assert list(stages)[2:] == ["rl/rloo/*", "table2"]  # the slowest first, after the header rows
 
 
+def test_stage_times_names_the_folder_without_benchmark_files(tmp_path):
+    """Pointed at a folder with no benchmark files (the Countdown preset keeps its run under
+    results/countdown), the script says so and where a run is, instead of a pandas KeyError."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = tmp_path / "results" / "countdown" / "benchmarks" / "sft.tsv"
+    bench.parent.mkdir(parents=True)
+    bench.write_text("s\th:m:s\tmax_rss\n15.7\t0:00:15\t596.0\n")
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "stage_times.py"
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "results")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"no Snakemake benchmark files (*.tsv) under {tmp_path / 'results' / 'benchmarks'}" in proc.stderr
+    assert f"a run's outputs are in {tmp_path / 'results' / 'countdown'}" in proc.stderr
+    ok = subprocess.run([sys.executable, str(script), str(tmp_path / "results" / "countdown")],
+                        check=True, capture_output=True, text=True)
+    assert "| sft | 15.7 |" in ok.stdout
+
+
 def test_a_stage_process_imports_with_the_collector_held_then_frozen():
     """`python -m pipeline.<stage>` (argv[0] is "-m" while the package imports) holds the cyclic
     garbage collector off through the imports; the stage's logging set-up freezes what they built
