@@ -18,15 +18,16 @@ log = logging.getLogger("pipeline.evaluate")
 
 
 def evaluate_policy(sampler, records: list[dict], task_cfg: dict, *, k: int, temperature: float,
-                    max_new_tokens: int, seed: int, greedy: bool = False, per_prompt: bool = False) -> dict:
+                    max_new_tokens: int, seed: int, greedy: bool = False, per_prompt: bool = False,
+                    top_p: float = 1.0) -> dict:
     """Mean pass@1 over k sampled responses per prompt (and greedy accuracy if asked), plus
     the histogram of the first wrong step (testbed) so error positions can be inspected. With
     `per_prompt`, also each prompt's number of correct samples out of k (`per_prompt_correct`,
     in record order), which the claims table bootstraps over."""
     prompts = [format_prompt(r, task_cfg) for r in records]
-    result: dict = {"n_prompts": len(records), "k": k, "temperature": temperature}
-    gens = sampler.generate(prompts, n=k, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-                            desc="eval")
+    result: dict = {"n_prompts": len(records), "k": k, "temperature": temperature, "top_p": top_p}
+    gens = sampler.generate(prompts, n=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                            seed=seed, desc="eval")
     correct, first_errors, wrong_process_right_answer, final_value = 0, Counter(), 0, []
     by_prompt = []
     for r, gs in zip(records, gens):
@@ -69,6 +70,7 @@ def main(argv=None) -> None:
     for i, split in enumerate(ev["splits"]):
         records = split_records[split]
         res = evaluate_policy(sampler, records, task_cfg, k=int(ev["k"]), temperature=float(ev["temperature"]),
+                              top_p=float(ev["top_p"]),
                               max_new_tokens=int(samp["max_new_tokens"]), seed=int(cfg["seed"]) + 1000 * i + 100_003 * args.seed,
                               greedy=bool(ev["greedy"]), per_prompt=True)
         out["splits"][split] = res

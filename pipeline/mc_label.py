@@ -104,7 +104,8 @@ def main(argv=None) -> None:
                     for i, h, pid in owners]
         return prefix_success_counts(sampler, prefixes, [len(prompt_ids[pid]) for _, _, pid in owners],
                                      [records[pid] for _, _, pid in owners], task_cfg, n=n_mc,
-                                     temperature=float(mc["temperature"]), max_new_tokens=int(samp["max_new_tokens"]),
+                                     temperature=float(mc["temperature"]), top_p=float(mc["top_p"]),
+                                     max_new_tokens=int(samp["max_new_tokens"]),
                                      seed=int(cfg["seed"]) + 7919 * round_idx,
                                      share_prefix=bool(mc["share_prefix"]), desc=desc)
 

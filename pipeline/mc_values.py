@@ -50,7 +50,7 @@ def prefix_truth(rows: list[dict]) -> list[int]:
 
 def prefix_success_counts(sampler, prefixes: list[list[int]], n_prompt: list[int], records: list[dict],
                           task_cfg: dict, *, n: int, temperature: float, max_new_tokens: int, seed: int,
-                          share_prefix: bool = True, response_budget: int | None = None,
+                          top_p: float = 1.0, share_prefix: bool = True, response_budget: int | None = None,
                           desc: str = "mc completions") -> list[int]:
     """How many of n sampled completions of each token-id prefix reach the right answer: the
     Monte-Carlo value estimate shared by MC labelling (Q_hat) and VinePPO (V_hat). `n_prompt[i]`
@@ -63,7 +63,7 @@ def prefix_success_counts(sampler, prefixes: list[list[int]], n_prompt: list[int
     left = [None if response_budget is None else max(0, response_budget - (len(p) - n_p))
             for p, n_p in zip(prefixes, n_prompt)]
     limit = max_new_tokens if response_budget is None else [max(1, min(max_new_tokens, k)) for k in left]
-    gens = sampler.generate_from_prefixes(prefixes, n=n, temperature=temperature, max_new_tokens=limit,
+    gens = sampler.generate_from_prefixes(prefixes, n=n, temperature=temperature, top_p=top_p, max_new_tokens=limit,
                                           seed=seed, share_prefix=share_prefix, desc=desc)
     tok = sampler.tokenizer
     # a response's completions often repeat (the n of one prefix, and those of its later

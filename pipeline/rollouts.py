@@ -45,8 +45,9 @@ def main(argv=None) -> None:
     t0 = time.time()
     sampler = make_sampler(samp, model_path=args.policy)
     gens = sampler.generate([format_prompt(r, task_cfg) for r in records], n=int(ro["n_samples"]),
-                            temperature=float(ro["temperature"]), max_new_tokens=int(samp["max_new_tokens"]),
-                            seed=int(cfg["seed"]), desc=f"rollouts {args.policy_name}")
+                            temperature=float(ro["temperature"]), top_p=float(ro["top_p"]),
+                            max_new_tokens=int(samp["max_new_tokens"]), seed=int(cfg["seed"]),
+                            desc=f"rollouts {args.policy_name}")
     rows = rollout_rows(records, gens, args.policy_name, task_cfg)
     write_jsonl(args.out, rows)
     summary = {"policy": args.policy_name, "n_prompts": len(records), "n_samples": int(ro["n_samples"]),

@@ -22,9 +22,9 @@ class Generation:
     text: str              # decoded response, special tokens removed
     token_ids: list[int]   # response tokens, EOS included when the model produced it
     finished: bool         # ended with EOS (False: cut at max_new_tokens)
-    # log pi(token | context) at temperature 1 for each token, taken from the sampling pass's
+    # log softmax(logits / logprob_temperature) of each token, taken from the sampling pass's
     # own logits when asked for (`generate(..., logprobs=True)` on the own decode loop; RL's old
-    # log-probs); None where the sampler did not record them
+    # log-probs), never truncated by top_p; None where the sampler did not record them
     logprobs: list[float] | None = None
 
 
@@ -35,10 +35,12 @@ class Sampler:
 
     def generate(self, prompts: list[str], n: int = 1, *, temperature: float = 1.0, top_p: float = 1.0,
                  max_new_tokens: int = 64, seed: int = 0, greedy: bool = False,
-                 desc: str = "sampling", logprobs: bool = False) -> list[list[Generation]]:
-        """`logprobs`: also record each token's log-prob at temperature 1 (`Generation.logprobs`)
-        where the backend computes it exactly as a forward of this model would; a backend that
-        cannot leaves it None and the caller computes it."""
+                 desc: str = "sampling", logprobs: bool = False,
+                 logprob_temperature: float = 1.0) -> list[list[Generation]]:
+        """`logprobs`: also record each token's log-prob (`Generation.logprobs`), log
+        softmax(logits / logprob_temperature) over the whole vocabulary, where the backend
+        computes it exactly as a forward of this model would; a backend that cannot leaves it
+        None and the caller computes it."""
         raise NotImplementedError
 
     def generate_from_prefixes(self, prefixes: list[list[int]], n: int = 1, *, temperature: float = 1.0,
@@ -88,13 +90,13 @@ class HFSampler(Sampler):
 
     @torch.no_grad()
     def generate(self, prompts, n=1, *, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0,
-                 greedy=False, desc="sampling", logprobs=False):
+                 greedy=False, desc="sampling", logprobs=False, logprob_temperature=1.0):
         decoder = self.kv_decoder()
         if decoder is not None:
             return self._generate_own(decoder, prompts, n, 0.0 if greedy else temperature, top_p,
-                                      max_new_tokens, seed, desc, logprobs)
-        # `generate`'s scores are after its logits processors (temperature, top-p): not the
-        # temperature-1 log-probs asked for, so this path leaves them to the caller
+                                      max_new_tokens, seed, desc, logprob_temperature if logprobs else None)
+        # `generate`'s scores are after its logits processors (top-p masks tokens to -inf): not
+        # the untruncated log-probs asked for, so this path leaves them to the caller
         tok = self.tokenizer
         flat = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
         out: list[list[Generation]] = [[] for _ in prompts]
@@ -130,11 +132,13 @@ class HFSampler(Sampler):
             self.model.train()
         return out
 
-    def _generate_own(self, decoder, prompts, n, temperature, top_p, max_new_tokens, seed, desc, logprobs=False):
+    def _generate_own(self, decoder, prompts, n, temperature, top_p, max_new_tokens, seed, desc,
+                      logprob_temperature: float | None = None):
         """`generate` on the own decode loop: the same batches, seeds and draws as the
         `generate` path (one exponential race per row and step is `torch.multinomial`'s draw,
-        see `sample_rows`), rows leaving the batch as they finish. With `logprobs` each token's
-        temperature-1 log-prob comes from the same logits it was drawn from."""
+        see `sample_rows`), rows leaving the batch as they finish. With a `logprob_temperature`
+        each token's log-prob at that temperature comes from the same logits it was drawn from."""
+        logprobs = logprob_temperature is not None
         tok = self.tokenizer
         flat = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
         out: list[list[Generation]] = [[] for _ in prompts]
@@ -158,7 +162,8 @@ class HFSampler(Sampler):
                     decoder.repeat(n)
                     logits = logits.repeat_interleave(n, 0)
                 lps = [[] for _ in chunk] if logprobs else None
-                tokens = self._decode(decoder, logits, temperature, top_p, max_new_tokens, None, None, True, lps)
+                tokens = self._decode(decoder, logits, temperature, top_p, max_new_tokens, None, None, True, lps,
+                                      logprob_temperature=logprob_temperature or 1.0)
                 for j, ((i, _), t) in enumerate(zip(chunk, tokens)):
                     out[i].append(Generation(tok.decode(t, skip_special_tokens=True), t, bool(t) and t[-1] == eos,
                                              lps[j] if logprobs else None))
@@ -269,12 +274,13 @@ class HFSampler(Sampler):
 
     def _decode(self, stepper, logits, temperature, top_p, max_new_tokens, stop, stops,
                 compact, logprobs: list[list[float]] | None = None,
-                limits: list[int] | None = None) -> list[list[int]]:
+                limits: list[int] | None = None, logprob_temperature: float = 1.0) -> list[list[int]]:
         """The decode loop for one prefilled batch (`stepper`: a `KVDecoder` or `_HFStepper`
         holding its cache; `logits`: the last position's, one row each): the tokens of each
         row. `live[b]` is the row at batch position b; with `compact` finished positions are
         dropped from the cache, the mask and the next tokens alike. `logprobs` (one empty list
-        per row) receives each drawn token's log-softmax of the raw logits (temperature 1).
+        per row) receives each drawn token's log softmax(logits / logprob_temperature), the
+        whole vocabulary's (not the top-p nucleus'), as `scoring.token_logprobs` computes it.
         `limits` (one per row, each <= max_new_tokens): a row is done after that many tokens.
         Its tokens up to there are the ones it would draw without a limit (its random numbers
         are its own, `sample_rows`), so a limit only saves the steps past it."""
@@ -293,7 +299,8 @@ class HFSampler(Sampler):
             nxt = sample_rows(logits, temperature, top_p, rows, at)
             drawn = nxt.tolist()
             if logprobs is not None:
-                lp = torch.log_softmax(logits.float(), -1).gather(-1, nxt.unsqueeze(-1)).squeeze(-1).tolist()
+                scaled = logits if logprob_temperature == 1.0 else logits / logprob_temperature
+                lp = torch.log_softmax(scaled.float(), -1).gather(-1, nxt.unsqueeze(-1)).squeeze(-1).tolist()
             if n_done:
                 for b in torch.nonzero(~done).flatten().tolist():
                     tokens[live[b]].append(drawn[b])
@@ -500,7 +507,7 @@ class VLLMSampler(Sampler):
         return n
 
     def generate(self, prompts, n=1, *, temperature=1.0, top_p=1.0, max_new_tokens=64, seed=0,
-                 greedy=False, desc="sampling", logprobs=False):
+                 greedy=False, desc="sampling", logprobs=False, logprob_temperature=1.0):
         # `logprobs` is not taken from vLLM: its kernels (and bf16 on GPU) are not the trainer's,
         # and PPO's ratio needs the trainer's own log-probs, so the caller recomputes them.
         # token ids as the HF path encodes them (no special tokens added: a prompt template that

@@ -143,24 +143,30 @@ def test_models_it_does_not_run_fall_back_to_the_transformers_forward(tok):
         HFSampler(tiny(tok), tok, decode="fast")
 
 
-def test_sampled_logprobs_are_the_trainers_old_logprobs(tok):
-    """RL's old log-probs (rl.old_logprobs: sampler) come from the sampling pass: at temperature 1
-    whatever the sampling temperature, equal to the forward the trainer would otherwise run over
-    its right-padded batch; rows the sampler did not draw as they are get that forward."""
+@pytest.mark.parametrize("lp_temp,top_p", [(1.0, 1.0), (0.7, 0.8)], ids=["raw_logits", "sampling_temperature"])
+def test_sampled_logprobs_are_the_trainers_old_logprobs(tok, lp_temp, top_p):
+    """RL's old log-probs (rl.old_logprobs: sampler) come from the sampling pass at
+    rl.logprob_temperature (the sampling temperature, or 1 for the raw logits), over the whole
+    vocabulary whatever top_p kept, equal to the forward the trainer would otherwise run over its
+    right-padded batch; rows the sampler did not draw as they are get that forward."""
     from pipeline.rl.train import old_response_logprobs, response_logprobs, sampled_logprobs
 
     model = tiny(tok, seed=5)
     own = HFSampler(model, tok, batch_size=8, progress=False)
-    gens = own.generate(PROMPTS, n=3, temperature=0.7, max_new_tokens=20, seed=2, logprobs=True)
+    gens = own.generate(PROMPTS, n=3, temperature=0.7, top_p=top_p, max_new_tokens=20, seed=2, logprobs=True,
+                        logprob_temperature=lp_temp)
     encoded = tok(PROMPTS, add_special_tokens=False)["input_ids"]
     prompt_ids = [encoded[i] for i, gs in enumerate(gens) for _ in gs]
     response_ids = [g.token_ids for gs in gens for g in gs]
     assert all(g.logprobs is not None and len(g.logprobs) == len(g.token_ids) for gs in gens for g in gs)
-    forward = response_logprobs(model, prompt_ids, response_ids, tok.pad_token_id, mb=4)
+    forward = response_logprobs(model, prompt_ids, response_ids, tok.pad_token_id, mb=4, temperature=lp_temp)
     known = sampled_logprobs(encoded, gens, prompt_ids, response_ids)
     for got, ref in zip(known, forward):
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
     assert max(float(r.abs().max()) for r in forward) > 0.1  # not all near-certain tokens
+    # the other temperature's log-probs are far from these: the check above can tell them apart
+    other = response_logprobs(model, prompt_ids, response_ids, tok.pad_token_id, mb=4, temperature=1.7 - lp_temp)
+    assert max(float((a - b).abs().max()) for a, b in zip(known, other)) > 0.1
 
     # a method's own batch: filtered, reordered, and one sequence the sampler never drew
     order = [4, 0, 7]
@@ -168,9 +174,9 @@ def test_sampled_logprobs_are_the_trainers_old_logprobs(tok):
     r_ids = [response_ids[i] for i in order] + [response_ids[3][:-1] or [tok.eos_token_id]]
     known = sampled_logprobs(encoded, gens, p_ids, r_ids)
     assert [k is None for k in known] == [False, False, False, True]
-    full, n_forward = old_response_logprobs(model, p_ids, r_ids, tok.pad_token_id, 4, known)
+    full, n_forward = old_response_logprobs(model, p_ids, r_ids, tok.pad_token_id, 4, known, lp_temp)
     assert n_forward == len(p_ids[3]) + len(r_ids[3])
-    for got, ref in zip(full, response_logprobs(model, p_ids, r_ids, tok.pad_token_id, mb=4)):
+    for got, ref in zip(full, response_logprobs(model, p_ids, r_ids, tok.pad_token_id, mb=4, temperature=lp_temp)):
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
 
     # transformers' generate and vLLM do not record them: the trainer runs its forward

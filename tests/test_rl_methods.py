@@ -174,3 +174,62 @@ def test_a_new_outcome_method_is_one_module_and_one_registry_line(smoke_dir, tmp
         assert r["toy_adv_mean"] == pytest.approx(2 * r["reward_mean"] - 1)
         assert r["loss"] is not None
     assert json.loads((out / "summary.json").read_text())["algo"] == "sign_only"
+
+
+# --------------------------------------------------------------------------- sampling temperature
+def run_tempered_rl(tmp_path, name: str, **rl_changes) -> tuple[list[dict], dict]:
+    """Two RL iterations (PPO with its value network, whose advantages are not zero where an
+    untrained policy solves nothing; 2 minibatches per iteration) of a tiny policy whose logits
+    are spread (so softmax(z / 0.6) and softmax(z) are far apart), sampling at temperature 0.6
+    with top_p 0.9: the metrics rows and the final weights."""
+    from safetensors.torch import load_file
+
+    from pipeline.modeling import build_char_tokenizer, save_policy
+    from pipeline.rl.train import main
+    from pipeline.testbed import ArithSpec, generate_split
+    from pipeline.utils import write_jsonl
+    from conftest import MODEL_SECTION, scaled_tiny_llama
+
+    cfg = load_preset()
+    data = tmp_path / "data"
+    if not data.exists():
+        spec = ArithSpec.from_cfg(cfg["task"]["arith"])
+        write_jsonl(data / "train.jsonl", generate_split(16, spec, seed=1, split="train"))
+        write_jsonl(data / "val.jsonl", generate_split(2, spec, seed=2, split="val"))
+        tok = build_char_tokenizer()
+        model = scaled_tiny_llama(tok, {**MODEL_SECTION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1})
+        save_policy(model, tok, tmp_path / "policy")
+    rl = {**method_view(cfg["rl"], "ppo"), "iterations": 2, "prompts_per_iter": 4, "samples_per_prompt": 2,
+          "minibatch_size": 4, "ppo_epochs": 1, "eval_every": 2, "eval_prompts": 2, "checkpoint_every": 10,
+          "lr": 1e-4, "temperature": 0.6, "top_p": 0.9, "kl_coef": 0.01, **rl_changes}
+    stage = {"rl": rl, "task": cfg["task"], "sampling": {**cfg["sampling"], "max_new_tokens": 16}, "seed": cfg["seed"]}
+    out = tmp_path / name
+    main(["--cfg", json.dumps(stage), "--algo", "ppo", "--seed", "0", "--policy", str(tmp_path / "policy"),
+          "--data", str(data), "--out", str(out), "--ckpt", str(tmp_path / f"ck_{name}"), "--threads", "1"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows, load_file(out / "policy" / "model.safetensors")
+
+
+def test_training_log_probs_follow_the_sampling_temperature(tmp_path):
+    """rl.logprob_temperature: the loss, the old log-probs (recorded by the sampler or from a
+    forward) and the reference's all use one temperature. So the first minibatch of an iteration
+    has a ratio of 1 (nothing clipped: a mismatch of temperatures gives ratios of e^(+-0.5) here)
+    and the first iteration almost no KL, the sampler's old log-probs train the same weights as
+    the forward's, and the two temperatures train different weights (the choice matters at
+    rl.temperature 0.6)."""
+    runs = {(lp, old): run_tempered_rl(tmp_path, f"{lp}_{old}", logprob_temperature=lp, old_logprobs=old)
+            for lp in ("sampling", 1) for old in ("sampler", "forward")}
+    for (lp, old), (rows, _) in runs.items():
+        assert [r["iteration"] for r in rows] == [0, 1, 2]
+        # 2 minibatches per iteration: the first's ratio is exactly 1, the second's moved by one
+        # step of lr 1e-4, far inside the clip range
+        assert all(r["clip_frac"] == 0 for r in rows[1:]), (lp, old, [r["clip_frac"] for r in rows[1:]])
+        # the reference (the initial policy) at the same temperature: no KL before the first step
+        # (its second minibatch follows one step, hence not exactly 0)
+        assert rows[1]["kl"] < 0.01, (lp, old, rows[1]["kl"])  # ~1e-4 after the step; 0.1 at mismatched temperatures
+    for lp in ("sampling", 1):
+        (rows_s, w_s), (rows_f, w_f) = runs[(lp, "sampler")], runs[(lp, "forward")]
+        assert [r["reward_mean"] for r in rows_s[1:]] == [r["reward_mean"] for r in rows_f[1:]]
+        assert max((w_s[k] - w_f[k]).abs().max().item() for k in w_s) < 1e-5
+    w_t, w_1 = runs[("sampling", "sampler")][1], runs[(1, "sampler")][1]
+    assert max((w_t[k] - w_1[k]).abs().max().item() for k in w_t) > 1e-4

@@ -159,6 +159,32 @@ def test_top_p_keeps_only_the_nucleus(model, tok):
     assert len(used) >= size - 1      # and the nucleus is really sampled from, not just its top
 
 
+def test_evaluation_samples_within_its_top_p(model, tok):
+    """eval.top_p reaches the sampler: with a nucleus of one token every sample is the greedy
+    response (and at top_p 1 they are not)."""
+    from pipeline.config import load_preset
+    from pipeline.evaluate import evaluate_policy
+    from pipeline.testbed import ArithSpec, generate_split
+
+    class Recording(HFSampler):
+        def generate(self, *args, **kwargs):
+            gens = super().generate(*args, **kwargs)
+            self.drawn.append(ids_of(gens))
+            return gens
+
+    task = load_preset()["task"]
+    records = generate_split(4, ArithSpec.from_cfg(task["arith"]), seed=1, split="test")
+    for top_p in (1e-9, 1.0):
+        rec = Recording(model, tok, batch_size=16, progress=False)
+        rec.drawn = []
+        res = evaluate_policy(rec, records, task, k=3, temperature=1.0, top_p=top_p, max_new_tokens=8, seed=0,
+                              greedy=True)
+        assert res["top_p"] == top_p
+        sampled, greedy = rec.drawn
+        same = [s == g * 3 for s, g in zip(sampled, greedy)]
+        assert all(same) if top_p < 1 else not any(same)
+
+
 def test_left_padding_does_not_change_greedy_output(model, tok):
     s = sampler(model, tok)
     short = PROMPTS[1]

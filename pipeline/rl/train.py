@@ -58,25 +58,28 @@ def sampled_logprobs(encoded: list[list[int]], gens, prompt_ids, response_ids) -
 
 
 def old_response_logprobs(model, prompt_ids, response_ids, pad_id, mb: int,
-                          known: list[torch.Tensor | None]) -> tuple[list[torch.Tensor], int]:
-    """Old log-probs for every sequence: `known` ones as they are, the rest by a forward.
-    Returns them and the number of tokens the forward read (for the FLOP count)."""
+                          known: list[torch.Tensor | None], temperature: float = 1.0) -> tuple[list[torch.Tensor], int]:
+    """Old log-probs for every sequence: `known` ones as they are (recorded at `temperature`),
+    the rest by a forward at `temperature`. Returns them and the number of tokens the forward
+    read (for the FLOP count)."""
     todo = [i for i, v in enumerate(known) if v is None]
     out = list(known)
     if todo:
-        got = response_logprobs(model, [prompt_ids[i] for i in todo], [response_ids[i] for i in todo], pad_id, mb)
+        got = response_logprobs(model, [prompt_ids[i] for i in todo], [response_ids[i] for i in todo], pad_id, mb,
+                                temperature)
         for i, v in zip(todo, got):
             out[i] = v
     return out, sum(len(prompt_ids[i]) + len(response_ids[i]) for i in todo)
 
 
 @torch.no_grad()
-def response_logprobs(model, prompt_ids, response_ids, pad_id, mb: int) -> list[torch.Tensor]:
-    """log pi(y_t | x, y_<t) over each response's tokens, one 1-D tensor per sample."""
+def response_logprobs(model, prompt_ids, response_ids, pad_id, mb: int, temperature: float = 1.0) -> list[torch.Tensor]:
+    """log pi(y_t | x, y_<t) at `temperature` (log softmax(logits / T)) over each response's
+    tokens, one 1-D tensor per sample."""
     out: list[torch.Tensor] = []
     for s in range(0, len(prompt_ids), mb):
         batch = collate(prompt_ids[s:s + mb], response_ids[s:s + mb], pad_id)
-        out.extend(v.cpu() for v in split_responses(token_logprobs(model, batch), batch))
+        out.extend(v.cpu() for v in split_responses(token_logprobs(model, batch, temperature), batch))
     return out
 
 
@@ -135,11 +138,16 @@ def main(argv=None) -> None:
                             decode=samp["decode"])
     pad = tokenizer.pad_token_id
     from_sampler = rl["old_logprobs"] == "sampler"
+    top_p = float(rl["top_p"])
+    # the policy's log-probs in training (loss, old, reference): of the distribution the samples
+    # are drawn from, softmax(logits / T) (TRL, verl, the released VinePPO), or of the raw logits;
+    # never truncated by top_p (as those trainers do)
+    lp_temp = float(rl["temperature"]) if rl["logprob_temperature"] == "sampling" else 1.0
 
     def validate(it: int) -> float:
         vs = HFSampler(engine.module, tokenizer, batch_size=samp["batch_size"], progress=False,
                        decode=samp["decode"])
-        res = evaluate_policy(vs, val, task_cfg, k=1, temperature=float(rl["temperature"]),
+        res = evaluate_policy(vs, val, task_cfg, k=1, temperature=float(rl["temperature"]), top_p=top_p,
                               max_new_tokens=int(samp["max_new_tokens"]), seed=seed + 7 * it)
         return res["pass1"]  # validation compute is not training compute: not added
 
@@ -158,9 +166,9 @@ def main(argv=None) -> None:
         records = [train[i] for i in rng.sample(range(len(train)), P)]
         prompts = [format_prompt(r, task_cfg) for r in records]
         sampler.compute = Compute()  # this iteration's sampling cost
-        gens = sampler.generate(prompts, n=K, temperature=float(rl["temperature"]),
+        gens = sampler.generate(prompts, n=K, temperature=float(rl["temperature"]), top_p=top_p,
                                 max_new_tokens=int(samp["max_new_tokens"]), seed=seed * 7_919 + it,
-                                logprobs=from_sampler)
+                                logprobs=from_sampler, logprob_temperature=lp_temp)
         t_sampled = time.time()
         # outcomes: the reward of every method but JEPO, which logs them only
         rewards = torch.tensor([[float(judge(r, g.text, task_cfg)["outcome"]) for g in gs]
@@ -182,8 +190,9 @@ def main(argv=None) -> None:
         # (rl.old_logprobs: sampler), a forward for the rest; the weights have not changed since
         known = (sampled_logprobs(encoded, gens, prompt_ids, response_ids) if from_sampler
                  else [None] * len(prompt_ids))
-        old_logp, forward_tokens = old_response_logprobs(engine.module, prompt_ids, response_ids, pad, mb, known)
-        ref_logp = response_logprobs(ref_model, prompt_ids, response_ids, pad, mb) if ref_model else None
+        old_logp, forward_tokens = old_response_logprobs(engine.module, prompt_ids, response_ids, pad, mb, known,
+                                                         lp_temp)
+        ref_logp = response_logprobs(ref_model, prompt_ids, response_ids, pad, mb, lp_temp) if ref_model else None
         compute.add_scoring(n_params, forward_tokens + (n_tokens if ref_model else 0))
         method.after_logprobs(batch, old_logp)
         t_logprobs = time.time()
@@ -194,7 +203,7 @@ def main(argv=None) -> None:
 
         def policy_loss(idx):  # the policy's loss on a micro batch of sample indices
             b = collate([prompt_ids[i] for i in idx], [response_ids[i] for i in idx], pad)
-            logp = token_logprobs(engine, b)
+            logp = token_logprobs(engine, b, lp_temp)
             mask = b["response_mask"].to(logp.device)
             old = join_responses([old_logp[i] for i in idx], b).to(logp.device)
             tok = {name: join_responses([vs[i] for i in idx], b).to(logp.device) for name, vs in per_token.items()}

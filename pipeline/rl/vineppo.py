@@ -28,7 +28,7 @@ def vineppo_step_advantages(values: list[float], outcome: float) -> list[float]:
 
 def vineppo_token_advantages(sampler, encoded: list[list[int]], records: list[dict], gens, rewards: torch.Tensor,
                              task_cfg: dict, *, k_aux: int, temperature: float, max_new_tokens: int,
-                             seed: int, dedupe_states: bool = True) -> tuple[list[torch.Tensor], list[list[float]]]:
+                             seed: int, dedupe_states: bool = True, top_p: float = 1.0) -> tuple[list[torch.Tensor], list[list[float]]]:
     """VinePPO's per-token advantages for gens[p][k] (P prompts x K responses), and each
     response's state values [V(x), V(s_2), ..., V(s_H)]. A value is the mean outcome of k_aux
     completions of the prefix under the sampler's (current) policy, each held to the response
@@ -58,7 +58,7 @@ def vineppo_token_advantages(sampler, encoded: list[list[int]], records: list[di
                           for h in range(1, len(tends))]
             plan.append((p, k, tends, rows))
     wins = prefix_success_counts(sampler, prefixes, [len(encoded[p]) for p in prompt_of],
-                                 [records[p] for p in prompt_of], task_cfg, n=k_aux, temperature=temperature,
+                                 [records[p] for p in prompt_of], task_cfg, n=k_aux, temperature=temperature, top_p=top_p,
                                  max_new_tokens=max_new_tokens, seed=seed, response_budget=max_new_tokens,
                                  desc="vineppo values")
     adv_tok, all_values = [], []
@@ -81,5 +81,6 @@ class VinePPO(Method):
                                               k_aux=int(rl["vineppo"]["k"]), temperature=float(rl["temperature"]),
                                               max_new_tokens=int(self.ctx.sampling["max_new_tokens"]),
                                               seed=self.ctx.seed * 104_729 + ro.iteration,
-                                              dedupe_states=bool(rl["vineppo"]["dedupe_states"]))
+                                              dedupe_states=bool(rl["vineppo"]["dedupe_states"]),
+                                              top_p=float(rl["top_p"]))
         return TrainBatch(ro.prompt_ids, ro.response_ids, adv_tok)

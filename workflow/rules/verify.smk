@@ -9,7 +9,8 @@ IS_TESTBED = is_testbed(config["task"])
 def pool_cfg(wc):
     """The rollouts stage, reconfigured to draw verify.pool_size samples of verify.n_prompts
     prompts from one generator (in its own prompt template)."""
-    ro = {"n_prompts": VERIFY["n_prompts"], "n_samples": VERIFY["pool_size"], "temperature": VERIFY["temperature"]}
+    ro = {"n_prompts": VERIFY["n_prompts"], "n_samples": VERIFY["pool_size"], "temperature": VERIFY["temperature"],
+          "top_p": VERIFY["top_p"]}
     return cfg_json("seed", task=task_for(wc.policy), rollouts=ro, sampling=sampling_of("bon_pool"))
 
 
