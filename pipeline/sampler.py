@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from .flops import Compute, count_params
 from .modeling import param_count_from_config
+from .scoring import tempered_log_softmax
 
 
 @dataclass
@@ -94,7 +95,7 @@ class HFSampler(Sampler):
         decoder = self.kv_decoder()
         if decoder is not None:
             return self._generate_own(decoder, prompts, n, 0.0 if greedy else temperature, top_p,
-                                      max_new_tokens, seed, desc, logprob_temperature if logprobs else None)
+                                      max_new_tokens, seed, desc, logprobs, logprob_temperature)
         # `generate`'s scores are after its logits processors (top-p masks tokens to -inf): not
         # the untruncated log-probs asked for, so this path leaves them to the caller
         tok = self.tokenizer
@@ -133,12 +134,11 @@ class HFSampler(Sampler):
         return out
 
     def _generate_own(self, decoder, prompts, n, temperature, top_p, max_new_tokens, seed, desc,
-                      logprob_temperature: float | None = None):
+                      logprobs: bool = False, logprob_temperature: float = 1.0):
         """`generate` on the own decode loop: the same batches, seeds and draws as the
         `generate` path (one exponential race per row and step is `torch.multinomial`'s draw,
-        see `sample_rows`), rows leaving the batch as they finish. With a `logprob_temperature`
-        each token's log-prob at that temperature comes from the same logits it was drawn from."""
-        logprobs = logprob_temperature is not None
+        see `sample_rows`), rows leaving the batch as they finish. With `logprobs` each token's
+        log-prob at `logprob_temperature` comes from the same logits it was drawn from."""
         tok = self.tokenizer
         flat = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
         out: list[list[Generation]] = [[] for _ in prompts]
@@ -163,7 +163,7 @@ class HFSampler(Sampler):
                     logits = logits.repeat_interleave(n, 0)
                 lps = [[] for _ in chunk] if logprobs else None
                 tokens = self._decode(decoder, logits, temperature, top_p, max_new_tokens, None, None, True, lps,
-                                      logprob_temperature=logprob_temperature or 1.0)
+                                      logprob_temperature=logprob_temperature)
                 for j, ((i, _), t) in enumerate(zip(chunk, tokens)):
                     out[i].append(Generation(tok.decode(t, skip_special_tokens=True), t, bool(t) and t[-1] == eos,
                                              lps[j] if logprobs else None))
@@ -279,8 +279,8 @@ class HFSampler(Sampler):
         holding its cache; `logits`: the last position's, one row each): the tokens of each
         row. `live[b]` is the row at batch position b; with `compact` finished positions are
         dropped from the cache, the mask and the next tokens alike. `logprobs` (one empty list
-        per row) receives each drawn token's log softmax(logits / logprob_temperature), the
-        whole vocabulary's (not the top-p nucleus'), as `scoring.token_logprobs` computes it.
+        per row) receives each drawn token's `tempered_log_softmax(logits, logprob_temperature)`,
+        the whole vocabulary's (not the top-p nucleus'), as the trainer's forward computes it.
         `limits` (one per row, each <= max_new_tokens): a row is done after that many tokens.
         Its tokens up to there are the ones it would draw without a limit (its random numbers
         are its own, `sample_rows`), so a limit only saves the steps past it."""
@@ -299,8 +299,7 @@ class HFSampler(Sampler):
             nxt = sample_rows(logits, temperature, top_p, rows, at)
             drawn = nxt.tolist()
             if logprobs is not None:
-                scaled = logits if logprob_temperature == 1.0 else logits / logprob_temperature
-                lp = torch.log_softmax(scaled.float(), -1).gather(-1, nxt.unsqueeze(-1)).squeeze(-1).tolist()
+                lp = tempered_log_softmax(logits, logprob_temperature).gather(-1, nxt.unsqueeze(-1)).squeeze(-1).tolist()
             if n_done:
                 for b in torch.nonzero(~done).flatten().tolist():
                     tokens[live[b]].append(drawn[b])

@@ -27,15 +27,21 @@ def collate(prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: 
     return {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": response_mask}
 
 
+def tempered_log_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(logits / temperature) in fp32 over the last axis: the one definition of a
+    token's log-prob at a temperature, shared by the trainer's forward (`token_logprobs`) and
+    the sampler's recorded log-probs, so the two agree to rounding."""
+    if temperature != 1.0:
+        logits = logits / temperature
+    return F.log_softmax(logits.float(), dim=-1)
+
+
 def token_logprobs(model, batch: dict, temperature: float = 1.0) -> torch.Tensor:
     """[B, T-1] log-probs of each next token (masked positions hold garbage; use response_mask)."""
     device = next(model.parameters()).device
     input_ids = batch["input_ids"].to(device)
     logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return tempered_log_softmax(logits, temperature).gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
 
 
 def split_responses(values: torch.Tensor, batch: dict) -> list[torch.Tensor]:
